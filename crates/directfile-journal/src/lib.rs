@@ -1,0 +1,1 @@
+//! directfile-journal
