@@ -134,6 +134,10 @@ pub(crate) struct Slots {
     slots: Box<[Mutex<SlotInner>]>,
     free: Mutex<FreeList>,
     in_flight: AtomicUsize,
+    /// Slots whose completion someone must reap without being asked: in flight with a
+    /// registered waker (their future sleeps), or orphaned (their future is gone). While this
+    /// is 0 the io_uring reaper thread can sleep outside the kernel and cost nothing.
+    unattended: AtomicUsize,
     max_iovecs: usize,
 }
 
@@ -166,6 +170,7 @@ impl Slots {
                 waiters: VecDeque::with_capacity(count),
             }),
             in_flight: AtomicUsize::new(0),
+            unattended: AtomicUsize::new(0),
             max_iovecs,
         }
     }
@@ -181,6 +186,11 @@ impl Slots {
     /// Slots not free (in flight, completed but not taken, or orphaned).
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// See the `unattended` field.
+    pub(crate) fn unattended(&self) -> usize {
+        self.unattended.load(Ordering::SeqCst)
     }
 
     pub(crate) fn lock(&self, index: u32) -> MutexGuard<'_, SlotInner> {
@@ -277,10 +287,12 @@ impl Slots {
             State::InFlight { waker, .. } => {
                 drop(slot);
                 if let Some(w) = waker {
+                    self.unattended.fetch_sub(1, Ordering::SeqCst);
                     w.wake();
                 }
             }
             State::Orphaned => {
+                self.unattended.fetch_sub(1, Ordering::SeqCst);
                 let (bufs, file) = Slots::disarm(&mut slot);
                 drop(slot);
                 // The buffers return to their pool (or are freed) only now that the kernel is
@@ -301,7 +313,8 @@ impl Slots {
     }
 
     /// The future's side: takes the result if the operation is complete, else records the
-    /// waker (when given) and returns `None`.
+    /// waker (when given) and returns `None`. After registering a waker for the first time the
+    /// caller must make sure a reaper runs (the slot became unattended).
     pub(crate) fn take_or_register(
         &self,
         index: u32,
@@ -325,7 +338,11 @@ impl Slots {
                 if let Some(w) = waker {
                     match registered {
                         Some(r) if r.will_wake(w) => {}
-                        _ => *registered = Some(w.clone()),
+                        Some(r) => r.clone_from(w),
+                        None => {
+                            *registered = Some(w.clone());
+                            self.unattended.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
                 }
                 None
@@ -348,7 +365,10 @@ impl Slots {
                 self.release(index);
                 false
             }
-            State::InFlight { .. } => {
+            State::InFlight { ref waker, .. } => {
+                if waker.is_none() {
+                    self.unattended.fetch_add(1, Ordering::SeqCst);
+                }
                 slot.state = State::Orphaned;
                 true
             }
