@@ -47,7 +47,7 @@ impl Backend {
         }
     }
 
-    fn name(self) -> &'static str {
+    pub fn name(self) -> &'static str {
         match self {
             Backend::Auto => "auto",
             Backend::Uring => "uring",
