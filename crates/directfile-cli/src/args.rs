@@ -194,8 +194,22 @@ mod tests {
     #[test]
     fn bench_flags() {
         let cli = parse(&[
-            "bench", "/x", "--rw", "read", "--bs", "64k", "--qd", "1", "--size", "1g",
-            "--runtime", "500ms", "--dsync", "--backend", "tokio", "--json",
+            "bench",
+            "/x",
+            "--rw",
+            "read",
+            "--bs",
+            "64k",
+            "--qd",
+            "1",
+            "--size",
+            "1g",
+            "--runtime",
+            "500ms",
+            "--dsync",
+            "--backend",
+            "tokio",
+            "--json",
         ])
         .unwrap();
         let Command::Bench(bench) = cli.command else {

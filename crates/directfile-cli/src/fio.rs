@@ -24,7 +24,11 @@ pub fn is_installed() -> bool {
 
 /// The fio command line for `workload` on `path`.
 pub fn command_line(path: &Path, workload: &Workload) -> Vec<String> {
-    let engine = if workload.qd == 1 { "psync" } else { "io_uring" };
+    let engine = if workload.qd == 1 {
+        "psync"
+    } else {
+        "io_uring"
+    };
     let mut args = vec![
         "--name=directfile-compare".to_string(),
         format!("--filename={}", path.display()),

@@ -9,7 +9,7 @@ use crate::units::format_bytes;
 const WIDTH: f64 = 960.0;
 const PANEL_HEIGHT: f64 = 400.0;
 const MARGIN_LEFT: f64 = 90.0;
-const MARGIN_RIGHT: f64 = 190.0;
+const MARGIN_RIGHT: f64 = 210.0;
 const MARGIN_TOP: f64 = 60.0;
 const MARGIN_BOTTOM: f64 = 60.0;
 const COLORS: [&str; 8] = [
@@ -95,7 +95,11 @@ fn latency_panel(svg: &mut String, measurements: &[Measurement], workload: &str)
     };
     let y_of = |fraction: f64| frame.bottom() - fraction.clamp(0.0, 1.0) * frame.height;
 
-    title(svg, &frame, &format!("Latency distribution (CDF), {workload}"));
+    title(
+        svg,
+        &frame,
+        &format!("Latency distribution (CDF), {workload}"),
+    );
     // Y grid: every 10 %.
     for step in 0..=10 {
         let fraction = step as f64 / 10.0;
@@ -210,7 +214,7 @@ fn iops_panel(svg: &mut String, measurements: &[Measurement], workload: &str) {
             );
         }
         let note = if measurement.iops_timeline.is_empty() {
-            format!("{} IOPS (no timeline)", format_si(measurement.iops))
+            format!("{} IOPS, no timeline", format_si(measurement.iops))
         } else {
             format!("{} IOPS", format_si(measurement.iops))
         };
@@ -275,7 +279,14 @@ fn axes(svg: &mut String, frame: &Frame, x_label: &str, y_label: &str) {
     );
 }
 
-fn legend_entry(svg: &mut String, frame: &Frame, index: usize, color: &str, name: &str, note: &str) {
+fn legend_entry(
+    svg: &mut String,
+    frame: &Frame,
+    index: usize,
+    color: &str,
+    name: &str,
+    note: &str,
+) {
     let x = frame.right() + 16.0;
     let y = frame.top + 10.0 + index as f64 * 40.0;
     let _ = writeln!(
@@ -332,7 +343,18 @@ fn format_si(value: f64) -> String {
 }
 
 fn trim_number(value: f64) -> String {
-    let text = format!("{value:.2}");
+    // Three significant digits are plenty on a plot: 335 µs, 52.5k, 1.25 ms.
+    let decimals = if value >= 100.0 {
+        0
+    } else if value >= 10.0 {
+        1
+    } else {
+        2
+    };
+    let text = format!("{value:.decimals$}");
+    if !text.contains('.') {
+        return text;
+    }
     text.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
@@ -369,7 +391,12 @@ mod tests {
             allocs_per_op: Some(0.0),
             cpu_usr_s: 0.1,
             cpu_sys_s: 0.2,
-            latency_cdf: vec![(20.0, 0.0), (80.0 * scale, 0.5), (200.0, 0.99), (900.0, 1.0)],
+            latency_cdf: vec![
+                (20.0, 0.0),
+                (80.0 * scale, 0.5),
+                (200.0, 0.99),
+                (900.0, 1.0),
+            ],
             iops_timeline: if timeline {
                 vec![900.0, 1000.0, 1100.0]
             } else {
@@ -387,7 +414,11 @@ mod tests {
             let tag = &rest[open + 1..close];
             assert!(!tag.contains('<'), "nested '<' in {tag}");
             if let Some(name) = tag.strip_prefix('/') {
-                assert_eq!(stack.pop().as_deref(), Some(name.trim()), "mismatched </{name}>");
+                assert_eq!(
+                    stack.pop().as_deref(),
+                    Some(name.trim()),
+                    "mismatched </{name}>"
+                );
             } else if !tag.ends_with('/') {
                 stack.push(tag.split_whitespace().next().unwrap().to_string());
             }

@@ -103,7 +103,10 @@ impl ProbeFile {
                 temporary: false,
             })
         } else if path.exists() {
-            Err(cli_error!("{} is not a regular file or directory", path.display()))
+            Err(cli_error!(
+                "{} is not a regular file or directory",
+                path.display()
+            ))
         } else {
             Err(cli_error!(
                 "{} does not exist: pass an existing file or directory",
@@ -151,8 +154,7 @@ pub fn run(args: ProbeArgs) -> CliResult<()> {
     let dsync_open = probe_file.try_open(libc::O_DSYNC);
     let direct_dsync_open = probe_file.try_open(libc::O_DIRECT | libc::O_DSYNC);
     let device = device::block_device(&probe_file.path);
-    let (memory_align, offset_align, align_source) =
-        device::direct_io_alignment(&probe_file.path);
+    let (memory_align, offset_align, align_source) = device::direct_io_alignment(&probe_file.path);
     let auto = directfile_backend::auto_choice();
     let memory_fs = magic.is_some_and(sys::is_memory_file_system);
 
@@ -205,7 +207,10 @@ pub fn run(args: ProbeArgs) -> CliResult<()> {
     add(
         "path",
         if probe_file.temporary {
-            format!("{} (directory: probed with a temporary file)", target.display())
+            format!(
+                "{} (directory: probed with a temporary file)",
+                target.display()
+            )
         } else {
             target.display().to_string()
         },
@@ -221,7 +226,9 @@ pub fn run(args: ProbeArgs) -> CliResult<()> {
             add("io_uring", format!("usable{sysctl}"));
             let list: Vec<String> = opcodes
                 .iter()
-                .map(|(name, supported)| format!("{name} {}", if *supported { "yes" } else { "NO" }))
+                .map(|(name, supported)| {
+                    format!("{name} {}", if *supported { "yes" } else { "NO" })
+                })
                 .collect();
             add("  opcodes", list.join(", "));
         }
@@ -297,11 +304,16 @@ fn describe_device(device: Option<&BlockDevice>) -> String {
         return "unknown".to_string();
     };
     let Some(name) = &device.name else {
-        return format!("none in sysfs for device {} (virtual or network file system)", device.dev);
+        return format!(
+            "none in sysfs for device {} (virtual or network file system)",
+            device.dev
+        );
     };
     let size = |bytes: Option<u64>| bytes.map(format_bytes).unwrap_or_else(|| "?".into());
     let cache = match device.write_cache.as_deref() {
-        Some("write back") => "write back (volatile cache: O_DSYNC needs FUA or a flush)".to_string(),
+        Some("write back") => {
+            "write back (volatile cache: O_DSYNC needs FUA or a flush)".to_string()
+        }
         Some(mode) => mode.to_string(),
         None => "?".to_string(),
     };
@@ -325,7 +337,10 @@ mod tests {
     #[test]
     fn uring_setup_errors_are_explained() {
         let text = explain_uring_setup_error(&io::Error::from_raw_os_error(libc::EPERM));
-        assert!(text.contains("io_uring_disabled") && text.contains("seccomp"), "{text}");
+        assert!(
+            text.contains("io_uring_disabled") && text.contains("seccomp"),
+            "{text}"
+        );
         let text = explain_uring_setup_error(&io::Error::from_raw_os_error(libc::ENOMEM));
         assert!(text.contains("RLIMIT_MEMLOCK"), "{text}");
     }
@@ -346,6 +361,9 @@ mod tests {
             fua: Some(false),
         };
         let text = describe_device(Some(&device));
-        assert!(text.contains("vda") && text.contains("512 B") && text.contains("4 KiB"), "{text}");
+        assert!(
+            text.contains("vda") && text.contains("512 B") && text.contains("4 KiB"),
+            "{text}"
+        );
     }
 }

@@ -195,7 +195,10 @@ mod tests {
             x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
         }
         let (user_after, _) = cpu_times();
-        assert!(user_after > user_before, "{user_before:?} -> {user_after:?}");
+        assert!(
+            user_after > user_before,
+            "{user_before:?} -> {user_after:?}"
+        );
     }
 
     #[test]

@@ -62,6 +62,14 @@ impl BenchFile {
     pub fn path(&self) -> &Path {
         &self.path
     }
+
+    /// The directory the file is in.
+    pub fn directory(&self) -> &Path {
+        match self.path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        }
+    }
 }
 
 impl Drop for BenchFile {
@@ -75,8 +83,12 @@ impl Drop for BenchFile {
 
 /// Refuses tmpfs and ramfs: O_DIRECT there measures memory copies, not a disk.
 pub fn refuse_memory_file_system(directory: &Path) -> CliResult<()> {
-    let magic = sys::file_system_magic(directory)
-        .map_err(|err| cli_error!("cannot inspect file system of {}: {err}", directory.display()))?;
+    let magic = sys::file_system_magic(directory).map_err(|err| {
+        cli_error!(
+            "cannot inspect file system of {}: {err}",
+            directory.display()
+        )
+    })?;
     if sys::is_memory_file_system(magic) {
         return Err(cli_error!(
             "{} is on tmpfs/ramfs (memory, no direct I/O to a disk): pass a PATH on a disk file system such as ext4 or xfs",

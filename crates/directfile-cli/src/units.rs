@@ -50,9 +50,9 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
         .unwrap_or(trimmed.len());
     let (number, suffix) = trimmed.split_at(number_end);
-    let value: f64 = number.parse().map_err(|_| {
-        format!("'{text}' is not a duration: expected e.g. 5s, 500ms or 2m")
-    })?;
+    let value: f64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not a duration: expected e.g. 5s, 500ms or 2m"))?;
     let seconds = match suffix.to_ascii_lowercase().as_str() {
         "" | "s" => value,
         "ms" => value / 1e3,

@@ -98,11 +98,10 @@ pub fn run_std(path: &Path, workload: &Workload) -> CliResult<Measurement> {
 
 /// `tokio`: `qd` tasks on a multi-thread runtime, each awaiting `spawn_blocking(pwrite)` in a loop.
 pub fn run_tokio(path: &Path, workload: &Workload) -> CliResult<Measurement> {
-    let file = Arc::new(
-        workload
-            .open_std(path)
-            .map_err(|err| cli_error!("tokio: cannot open {} with O_DIRECT: {err}", path.display()))?,
-    );
+    let file =
+        Arc::new(workload.open_std(path).map_err(|err| {
+            cli_error!("tokio: cannot open {} with O_DIRECT: {err}", path.display())
+        })?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .max_blocking_threads(workload.qd.max(512))
         .enable_all()

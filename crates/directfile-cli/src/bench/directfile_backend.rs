@@ -27,13 +27,21 @@ fn driver_for(backend: Backend, queue_depth: usize) -> CliResult<Driver> {
         .queue_depth(queue_depth)
         .backend(choice)
         .build()
-        .map_err(|err| cli_error!("directfile {}: cannot start the driver: {err}", backend.name()))
+        .map_err(|err| {
+            cli_error!(
+                "directfile {}: cannot start the driver: {err}",
+                backend.name()
+            )
+        })
 }
 
 /// The backend `Driver::new()` picks here and why: `(backend, reason)`.
 pub fn auto_choice() -> CliResult<(String, String)> {
     let driver = Driver::new().map_err(|err| cli_error!("{err}"))?;
-    Ok((driver.backend().to_string(), driver.backend_reason().to_string()))
+    Ok((
+        driver.backend().to_string(),
+        driver.backend_reason().to_string(),
+    ))
 }
 
 /// One in-flight op's loop: issue, await, record, until the deadline.
@@ -105,9 +113,9 @@ pub fn run(backend: Backend, path: &Path, workload: &Workload) -> CliResult<Meas
 
     let mut futures = Vec::with_capacity(workload.qd);
     for index in 0..workload.qd {
-        let mut buffer = pool
-            .try_get()
-            .ok_or_else(|| cli_error!("directfile {name}: buffer pool has fewer than qd buffers"))?;
+        let mut buffer = pool.try_get().ok_or_else(|| {
+            cli_error!("directfile {name}: buffer pool has fewer than qd buffers")
+        })?;
         let mut rng = SplitMix64::new(index as u64 + 1);
         for chunk in buffer.as_full_mut().chunks_mut(8) {
             let bytes = rng.next_u64().to_le_bytes();
@@ -133,8 +141,9 @@ pub fn run(backend: Backend, path: &Path, workload: &Workload) -> CliResult<Meas
 
     let mut merged = Recorder::new(workload.runtime);
     for outcome in outcomes {
-        let recorder = outcome
-            .map_err(|err| cli_error!("directfile {name}: I/O on {} failed {err}", path.display()))?;
+        let recorder = outcome.map_err(|err| {
+            cli_error!("directfile {name}: I/O on {} failed {err}", path.display())
+        })?;
         merged.merge(&recorder);
     }
     Ok(Measurement::from_records(

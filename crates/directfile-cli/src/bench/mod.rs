@@ -9,6 +9,8 @@ pub mod workload;
 use std::fs;
 use std::io;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use crate::args::{BackendArg, BenchArgs};
 use crate::bench::stats::{median_measurement, Measurement};
@@ -103,10 +105,10 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
     let (memory_align, offset_align, align_source) = device::direct_io_alignment(path);
     if args.bs % offset_align != 0 {
         return Err(cli_error!(
-            "--bs {} is not a multiple of the direct-I/O alignment {} bytes of {} (from {})",
+            "--bs {} is not a multiple of the direct-I/O alignment {} bytes of files in {} (from {})",
             args.bs,
             offset_align,
-            path.display(),
+            target.directory().display(),
             align_source.as_str()
         ));
     }
@@ -123,12 +125,16 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
     check_direct_open(path, &workload)?;
 
     {
-        let progress = Progress::start(
-            format!("laying out {}", format_bytes(workload.size)),
-            std::time::Duration::from_secs(1),
+        let done = Arc::new(AtomicU64::new(0));
+        let progress = Progress::bytes(
+            format!("laying out {}", path.display()),
+            workload.size,
+            Arc::clone(&done),
         );
-        workload::lay_out(path, &workload, |_| {})
-            .map_err(|err| cli_error!("cannot lay out {}: {err}", path.display()))?;
+        workload::lay_out(path, &workload, |bytes| {
+            done.store(bytes, Ordering::Relaxed)
+        })
+        .map_err(|err| cli_error!("cannot lay out {}: {err}", path.display()))?;
         progress.finish();
     }
 
@@ -142,7 +148,9 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
         if fio::is_installed() {
             backends.push(Backend::Fio);
         } else {
-            eprintln!("directfile: fio is not installed: comparing without it (apt-get install fio)");
+            eprintln!(
+                "directfile: fio is not installed: comparing without it (apt-get install fio)"
+            );
         }
         (backends, args.rounds as usize)
     } else {
@@ -235,12 +243,24 @@ fn check_direct_open(path: &Path, workload: &Workload) -> CliResult<()> {
 pub fn table(results: &[Measurement]) -> String {
     let fio = results.iter().find(|m| m.backend == "fio");
     let header = [
-        "backend", "IOPS", "x fio", "MiB/s", "p50 µs", "x fio", "p99 µs", "p99.9 µs", "max µs",
-        "allocs/op", "usr s", "sys s",
+        "backend",
+        "IOPS",
+        "x fio",
+        "MiB/s",
+        "p50 µs",
+        "x fio",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "allocs/op",
+        "usr s",
+        "sys s",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
     let ratio = |value: f64, reference: Option<f64>| match reference {
-        Some(reference) if reference > 0.0 && value.is_finite() => format!("{:.2}", value / reference),
+        Some(reference) if reference > 0.0 && value.is_finite() => {
+            format!("{:.2}", value / reference)
+        }
         _ => "-".to_string(),
     };
     for m in results {
@@ -265,7 +285,12 @@ pub fn table(results: &[Measurement]) -> String {
         .map(|column| fio.is_some() || header[column] != "x fio")
         .collect();
     let widths: Vec<usize> = (0..header.len())
-        .map(|column| rows.iter().map(|row| row[column].chars().count()).max().unwrap_or(0))
+        .map(|column| {
+            rows.iter()
+                .map(|row| row[column].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for row in &rows {
@@ -322,7 +347,10 @@ mod tests {
         let with = table(&[uring, fio]);
         assert!(with.contains("x fio"), "{with}");
         let uring_row = with.lines().find(|line| line.starts_with("uring")).unwrap();
-        assert!(uring_row.contains("0.95") && uring_row.contains("1.10"), "{uring_row}");
+        assert!(
+            uring_row.contains("0.95") && uring_row.contains("1.10"),
+            "{uring_row}"
+        );
         assert_eq!(with.lines().count(), 3);
     }
 }

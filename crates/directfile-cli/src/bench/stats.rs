@@ -324,7 +324,10 @@ mod tests {
         assert!((m.iops_timeline[0] - 10_000.0).abs() < 1e-6);
         // The CDF ends at the maximum with fraction 1 and never decreases.
         assert_eq!(m.latency_cdf.last().map(|p| p.1), Some(1.0));
-        assert!(m.latency_cdf.windows(2).all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
+        assert!(m
+            .latency_cdf
+            .windows(2)
+            .all(|w| w[0].0 <= w[1].0 && w[0].1 <= w[1].1));
     }
 
     #[test]
@@ -359,12 +362,30 @@ mod tests {
             cpu_system: Duration::ZERO,
         };
         let value = Measurement::from_records("std", label(), &recorder, &totals).to_json();
-        let mut keys: Vec<&str> = value.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let mut keys: Vec<&str> = value
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
         keys.sort_unstable();
         let mut expected = vec![
-            "backend", "rw", "bs_bytes", "qd", "dsync", "runtime_s", "ops", "iops",
-            "bw_bytes_per_s", "lat_us_p50", "lat_us_p99", "lat_us_p999", "lat_us_max",
-            "allocs_per_op", "cpu_usr_s", "cpu_sys_s",
+            "backend",
+            "rw",
+            "bs_bytes",
+            "qd",
+            "dsync",
+            "runtime_s",
+            "ops",
+            "iops",
+            "bw_bytes_per_s",
+            "lat_us_p50",
+            "lat_us_p99",
+            "lat_us_p999",
+            "lat_us_max",
+            "allocs_per_op",
+            "cpu_usr_s",
+            "cpu_sys_s",
         ];
         expected.sort_unstable();
         assert_eq!(keys, expected);

@@ -224,7 +224,10 @@ mod tests {
             let buffer = AlignedVec::new(8192, align, 1);
             assert_eq!(buffer.as_slice().as_ptr() as usize % align, 0);
             assert_eq!(buffer.as_slice().len(), 8192);
-            assert!(buffer.as_slice().iter().any(|&byte| byte != 0), "filled with data");
+            assert!(
+                buffer.as_slice().iter().any(|&byte| byte != 0),
+                "filled with data"
+            );
         }
     }
 
