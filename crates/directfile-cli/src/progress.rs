@@ -60,6 +60,7 @@ impl Progress {
         Progress { stop, thread }
     }
 
+    /// Stops the bar and clears its line (the same as dropping it; reads better at call sites).
     pub fn finish(self) {}
 }
 
