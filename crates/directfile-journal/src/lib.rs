@@ -1,1 +1,3 @@
 //! directfile-journal
+#![forbid(unsafe_code)]
+pub mod format;
