@@ -1,3 +1,4 @@
 //! directfile-journal
 #![forbid(unsafe_code)]
 pub mod format;
+pub mod recovery;
