@@ -74,7 +74,10 @@ pub const BATCH_HEADER_BYTES: usize = 40;
 /// Encoded size of a record header (the payload follows it).
 pub const RECORD_HEADER_BYTES: usize = 16;
 
-const _: () = assert!(SEGMENT_HEADER_BYTES <= 512, "the segment header must fit in one sector");
+const _: () = assert!(
+    SEGMENT_HEADER_BYTES <= 512,
+    "the segment header must fit in one sector"
+);
 const _: () = assert!(BATCH_HEADER_BYTES + RECORD_HEADER_BYTES <= 512);
 
 /// Why a header, batch or record was rejected.
@@ -94,7 +97,10 @@ pub enum FormatError {
     /// A field is outside its allowed range.
     BadField { what: &'static str, value: u64 },
     /// A batch header belongs to another segment or generation (stale bytes).
-    Foreign { segment_number: u64, generation: u64 },
+    Foreign {
+        segment_number: u64,
+        generation: u64,
+    },
     /// The batch does not continue the LSN sequence.
     LsnGap { expected: u64, found: u64 },
 }
@@ -110,7 +116,10 @@ impl fmt::Display for FormatError {
             FormatError::UnsupportedVersion(v) => write!(f, "unsupported format version {v}"),
             FormatError::BadChecksum { what } => write!(f, "{what} checksum mismatch"),
             FormatError::BadField { what, value } => write!(f, "{what} has invalid value {value}"),
-            FormatError::Foreign { segment_number, generation } => write!(
+            FormatError::Foreign {
+                segment_number,
+                generation,
+            } => write!(
                 f,
                 "batch belongs to segment {segment_number} generation {generation} (stale bytes)"
             ),
@@ -226,7 +235,10 @@ pub fn encode_segment_header(header: &SegmentHeader, out: &mut [u8]) {
 /// [`FormatError::Zeroed`] for a never-written header, otherwise the first failed check.
 pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, FormatError> {
     if bytes.len() < SEGMENT_HEADER_BYTES {
-        return Err(FormatError::Truncated { needed: SEGMENT_HEADER_BYTES, available: bytes.len() });
+        return Err(FormatError::Truncated {
+            needed: SEGMENT_HEADER_BYTES,
+            available: bytes.len(),
+        });
     }
     let bytes = &bytes[..SEGMENT_HEADER_BYTES];
     if bytes.iter().all(|&b| b == 0) {
@@ -236,7 +248,9 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, FormatError>
         return Err(FormatError::BadMagic);
     }
     if crc32c::crc32c(&bytes[0..60]) != le_u32(bytes, 60) {
-        return Err(FormatError::BadChecksum { what: "segment header" });
+        return Err(FormatError::BadChecksum {
+            what: "segment header",
+        });
     }
     let version = le_u32(bytes, 8);
     if version != FORMAT_VERSION {
@@ -251,7 +265,10 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, FormatError>
         batches_in_flight_max: le_u32(bytes, 44),
     };
     if header.block_bytes < 512 || !header.block_bytes.is_power_of_two() {
-        return Err(FormatError::BadField { what: "block_bytes", value: header.block_bytes.into() });
+        return Err(FormatError::BadField {
+            what: "block_bytes",
+            value: header.block_bytes.into(),
+        });
     }
     if header.batch_bytes_max < header.block_bytes
         || header.batch_bytes_max % header.block_bytes != 0
@@ -262,7 +279,10 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, FormatError>
         });
     }
     if header.first_lsn == 0 {
-        return Err(FormatError::BadField { what: "first_lsn", value: 0 });
+        return Err(FormatError::BadField {
+            what: "first_lsn",
+            value: 0,
+        });
     }
     Ok(header)
 }
@@ -315,7 +335,10 @@ pub fn decode_batch_header(
     segment: &SegmentHeader,
 ) -> Result<BatchHeader, FormatError> {
     if bytes.len() < BATCH_HEADER_BYTES {
-        return Err(FormatError::Truncated { needed: BATCH_HEADER_BYTES, available: bytes.len() });
+        return Err(FormatError::Truncated {
+            needed: BATCH_HEADER_BYTES,
+            available: bytes.len(),
+        });
     }
     let bytes = &bytes[..BATCH_HEADER_BYTES];
     if bytes.iter().all(|&b| b == 0) {
@@ -325,7 +348,9 @@ pub fn decode_batch_header(
         return Err(FormatError::BadMagic);
     }
     if crc32c::crc32c(&bytes[0..36]) != le_u32(bytes, 36) {
-        return Err(FormatError::BadChecksum { what: "batch header" });
+        return Err(FormatError::BadChecksum {
+            what: "batch header",
+        });
     }
     let header = BatchHeader {
         record_count: le_u32(bytes, 4),
@@ -334,22 +359,30 @@ pub fn decode_batch_header(
         first_lsn: le_u64(bytes, 24),
         body_bytes: le_u32(bytes, 32),
     };
-    if header.segment_number != segment.segment_number || header.generation != segment.generation
-    {
+    if header.segment_number != segment.segment_number || header.generation != segment.generation {
         return Err(FormatError::Foreign {
             segment_number: header.segment_number,
             generation: header.generation,
         });
     }
     if header.record_count == 0 {
-        return Err(FormatError::BadField { what: "record_count", value: 0 });
+        return Err(FormatError::BadField {
+            what: "record_count",
+            value: 0,
+        });
     }
     let padded = header.padded_bytes(segment.block_bytes);
     if padded > segment.batch_bytes_max as usize {
-        return Err(FormatError::BadField { what: "body_bytes", value: header.body_bytes.into() });
+        return Err(FormatError::BadField {
+            what: "body_bytes",
+            value: header.body_bytes.into(),
+        });
     }
     if (header.body_bytes as usize) < header.record_count as usize * RECORD_HEADER_BYTES {
-        return Err(FormatError::BadField { what: "body_bytes", value: header.body_bytes.into() });
+        return Err(FormatError::BadField {
+            what: "body_bytes",
+            value: header.body_bytes.into(),
+        });
     }
     Ok(header)
 }
@@ -366,7 +399,10 @@ pub struct DecodedBatch<'a> {
 impl<'a> DecodedBatch<'a> {
     /// The batch's records, in LSN order.
     pub fn records(&self) -> RecordIter<'a> {
-        RecordIter { body: self.body, lsn: self.header.first_lsn }
+        RecordIter {
+            body: self.body,
+            lsn: self.header.first_lsn,
+        }
     }
 }
 
@@ -387,7 +423,10 @@ impl<'a> Iterator for RecordIter<'a> {
         // The batch was verified by `decode_batch`, so every length here is in bounds.
         let payload_bytes = le_u32(self.body, 0) as usize;
         let payload = &self.body[RECORD_HEADER_BYTES..RECORD_HEADER_BYTES + payload_bytes];
-        let record = RecordRef { lsn: self.lsn, payload };
+        let record = RecordRef {
+            lsn: self.lsn,
+            payload,
+        };
         self.body = &self.body[RECORD_HEADER_BYTES + payload_bytes..];
         self.lsn += 1;
         Some(record)
@@ -406,11 +445,17 @@ pub fn decode_batch<'a>(
 ) -> Result<DecodedBatch<'a>, FormatError> {
     let header = decode_batch_header(bytes, segment)?;
     if header.first_lsn != expected_first_lsn {
-        return Err(FormatError::LsnGap { expected: expected_first_lsn, found: header.first_lsn });
+        return Err(FormatError::LsnGap {
+            expected: expected_first_lsn,
+            found: header.first_lsn,
+        });
     }
     let padded = header.padded_bytes(segment.block_bytes);
     if bytes.len() < padded {
-        return Err(FormatError::Truncated { needed: padded, available: bytes.len() });
+        return Err(FormatError::Truncated {
+            needed: padded,
+            available: bytes.len(),
+        });
     }
     let body_end = BATCH_HEADER_BYTES + header.body_bytes as usize;
     let body = &bytes[BATCH_HEADER_BYTES..body_end];
@@ -418,7 +463,10 @@ pub fn decode_batch<'a>(
     let mut lsn = header.first_lsn;
     for _ in 0..header.record_count {
         if body.len() - at < RECORD_HEADER_BYTES {
-            return Err(FormatError::BadField { what: "record length", value: at as u64 });
+            return Err(FormatError::BadField {
+                what: "record length",
+                value: at as u64,
+            });
         }
         let record = &body[at..];
         let payload_bytes = le_u32(record, 0) as usize;
@@ -434,18 +482,31 @@ pub fn decode_batch<'a>(
         }
         let found = le_u64(record, 8);
         if found != lsn {
-            return Err(FormatError::LsnGap { expected: lsn, found });
+            return Err(FormatError::LsnGap {
+                expected: lsn,
+                found,
+            });
         }
         lsn += 1;
         at += RECORD_HEADER_BYTES + payload_bytes;
     }
     if at != body.len() {
-        return Err(FormatError::BadField { what: "body_bytes", value: header.body_bytes.into() });
+        return Err(FormatError::BadField {
+            what: "body_bytes",
+            value: header.body_bytes.into(),
+        });
     }
     if bytes[body_end..padded].iter().any(|&b| b != 0) {
-        return Err(FormatError::BadField { what: "padding", value: body_end as u64 });
+        return Err(FormatError::BadField {
+            what: "padding",
+            value: body_end as u64,
+        });
     }
-    Ok(DecodedBatch { header, padded_bytes: padded, body })
+    Ok(DecodedBatch {
+        header,
+        padded_bytes: padded,
+        body,
+    })
 }
 
 /// Encodes a whole batch (header, records, zero padding) at the start of `out` and returns its
@@ -462,7 +523,12 @@ pub fn encode_batch(
     assert!(!payloads.is_empty(), "a batch holds at least one record");
     let mut at = BATCH_HEADER_BYTES;
     for (index, payload) in payloads.iter().enumerate() {
-        at += encode_record(&mut out[at..], segment.generation, first_lsn + index as u64, payload);
+        at += encode_record(
+            &mut out[at..],
+            segment.generation,
+            first_lsn + index as u64,
+            payload,
+        );
     }
     let body_bytes = at - BATCH_HEADER_BYTES;
     let padded = padded_batch_bytes(body_bytes, segment.block_bytes as usize);
@@ -524,7 +590,16 @@ mod tests {
         let records: Vec<_> = batch.records().collect();
         assert_eq!(
             records,
-            vec![RecordRef { lsn: 100, payload: b"abc" }, RecordRef { lsn: 101, payload: b"" }]
+            vec![
+                RecordRef {
+                    lsn: 100,
+                    payload: b"abc"
+                },
+                RecordRef {
+                    lsn: 101,
+                    payload: b""
+                }
+            ]
         );
     }
 
@@ -533,21 +608,36 @@ mod tests {
         let old = segment();
         let mut out = vec![0u8; 512];
         encode_batch(&mut out, &old, 100, &[b"old"]);
-        let newer_generation = SegmentHeader { generation: 4, ..old };
+        let newer_generation = SegmentHeader {
+            generation: 4,
+            ..old
+        };
         assert!(matches!(
             decode_batch(&out, &newer_generation, 100),
             Err(FormatError::Foreign { generation: 3, .. })
         ));
-        let other_segment = SegmentHeader { segment_number: 8, ..old };
+        let other_segment = SegmentHeader {
+            segment_number: 8,
+            ..old
+        };
         assert!(matches!(
             decode_batch(&out, &other_segment, 100),
-            Err(FormatError::Foreign { segment_number: 7, .. })
+            Err(FormatError::Foreign {
+                segment_number: 7,
+                ..
+            })
         ));
         assert_eq!(
             decode_batch(&out, &old, 101).unwrap_err(),
-            FormatError::LsnGap { expected: 101, found: 100 }
+            FormatError::LsnGap {
+                expected: 101,
+                found: 100
+            }
         );
-        assert_eq!(decode_batch(&[0u8; 512], &old, 100).unwrap_err(), FormatError::Zeroed);
+        assert_eq!(
+            decode_batch(&[0u8; 512], &old, 100).unwrap_err(),
+            FormatError::Zeroed
+        );
     }
 
     #[test]
@@ -564,7 +654,10 @@ mod tests {
         encode_batch_header(&header, &mut out);
         assert!(matches!(
             decode_batch_header(&out, &segment),
-            Err(FormatError::BadField { what: "body_bytes", .. })
+            Err(FormatError::BadField {
+                what: "body_bytes",
+                ..
+            })
         ));
     }
 

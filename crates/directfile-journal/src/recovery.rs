@@ -44,7 +44,12 @@ pub enum SegmentEnd {
     /// Only zeros (never-written, preallocated space) or end of file.
     Clean,
     /// Bytes at `offset` are not a valid batch and non-zero bytes reach up to `damaged_end`.
-    Damaged { offset: u64, reason: FormatError, damaged_end: u64, within_torn_window: bool },
+    Damaged {
+        offset: u64,
+        reason: FormatError,
+        damaged_end: u64,
+        within_torn_window: bool,
+    },
 }
 
 /// The state of a segment's header.
@@ -54,7 +59,10 @@ pub enum HeaderState {
     /// The whole file is zeros: a preallocated segment that was never used.
     Unused,
     /// The header is invalid; `rest_is_zero` tells whether anything was written after it.
-    Invalid { reason: FormatError, rest_is_zero: bool },
+    Invalid {
+        reason: FormatError,
+        rest_is_zero: bool,
+    },
 }
 
 /// The result of scanning one segment's bytes.
@@ -78,7 +86,9 @@ impl SegmentScan {
 
     /// LSN the next record after this segment's valid prefix gets (None without a valid header).
     pub fn next_lsn(&self) -> Option<u64> {
-        let HeaderState::Valid(header) = &self.header else { return None };
+        let HeaderState::Valid(header) = &self.header else {
+            return None;
+        };
         Some(match self.batches.last() {
             Some(batch) => batch.first_lsn + u64::from(batch.record_count),
             None => header.first_lsn,
@@ -89,7 +99,9 @@ impl SegmentScan {
 /// End of the last block at or after `from` holding a non-zero byte, or `from` if there is none.
 fn nonzero_end(bytes: &[u8], from: usize, block_bytes: usize) -> usize {
     match bytes[from.min(bytes.len())..].iter().rposition(|&b| b != 0) {
-        Some(last) => format::round_up(from + last + 1, block_bytes).min(bytes.len()).max(from),
+        Some(last) => format::round_up(from + last + 1, block_bytes)
+            .min(bytes.len())
+            .max(from),
         None => from,
     }
 }
@@ -107,13 +119,21 @@ pub fn scan_segment(segment_number: u64, bytes: &[u8]) -> SegmentScan {
                 },
                 Err(error) => error,
             };
-            let header_zero = bytes.iter().take(format::SEGMENT_HEADER_BYTES).all(|&b| b == 0);
-            let rest_is_zero =
-                bytes.iter().skip(format::SEGMENT_HEADER_BYTES).all(|&b| b == 0);
+            let header_zero = bytes
+                .iter()
+                .take(format::SEGMENT_HEADER_BYTES)
+                .all(|&b| b == 0);
+            let rest_is_zero = bytes
+                .iter()
+                .skip(format::SEGMENT_HEADER_BYTES)
+                .all(|&b| b == 0);
             let header = if header_zero && rest_is_zero {
                 HeaderState::Unused
             } else {
-                HeaderState::Invalid { reason, rest_is_zero }
+                HeaderState::Invalid {
+                    reason,
+                    rest_is_zero,
+                }
             };
             return SegmentScan {
                 segment_number,
@@ -242,7 +262,10 @@ pub fn plan(scans: &[SegmentScan]) -> Result<Plan, Corruption> {
         let scan = &scans[kept - 1];
         match &scan.header {
             HeaderState::Unused => {}
-            HeaderState::Invalid { reason, rest_is_zero: true } if torn_tail.is_none() => {
+            HeaderState::Invalid {
+                reason,
+                rest_is_zero: true,
+            } if torn_tail.is_none() => {
                 torn_tail = Some(TornTail {
                     segment_number: scan.segment_number,
                     offset: 0,
@@ -298,7 +321,12 @@ pub fn plan(scans: &[SegmentScan]) -> Result<Plan, Corruption> {
         }
         record_count += scan.record_count();
         next_lsn = scan.next_lsn();
-        if let SegmentEnd::Damaged { offset, reason, damaged_end, within_torn_window } = &scan.end
+        if let SegmentEnd::Damaged {
+            offset,
+            reason,
+            damaged_end,
+            within_torn_window,
+        } = &scan.end
         {
             let last = index + 1 == scans.len();
             if !last || !within_torn_window || torn_tail.is_some() {
@@ -386,7 +414,11 @@ impl fmt::Display for RecoveryReport {
             None => writeln!(f, "no torn tail")?,
         }
         if !self.removed_segments.is_empty() {
-            writeln!(f, "removed empty trailing segments {:?}", self.removed_segments)?;
+            writeln!(
+                f,
+                "removed empty trailing segments {:?}",
+                self.removed_segments
+            )?;
         }
         Ok(())
     }
@@ -414,7 +446,12 @@ mod tests {
 
     /// A segment holding `batches` batches of `per_batch` records each; returns the bytes and
     /// the offsets of the batches.
-    fn segment(number: u64, first_lsn: u64, batches: usize, per_batch: usize) -> (Vec<u8>, Vec<usize>) {
+    fn segment(
+        number: u64,
+        first_lsn: u64,
+        batches: usize,
+        per_batch: usize,
+    ) -> (Vec<u8>, Vec<usize>) {
         let header = header(number, first_lsn);
         let mut bytes = vec![0u8; SEGMENT_BYTES];
         encode_segment_header(&header, &mut bytes);
@@ -422,8 +459,9 @@ mod tests {
         let mut lsn = first_lsn;
         let mut offsets = Vec::new();
         for _ in 0..batches {
-            let payloads: Vec<Vec<u8>> =
-                (0..per_batch).map(|i| vec![(lsn as u8).wrapping_add(i as u8); 100]).collect();
+            let payloads: Vec<Vec<u8>> = (0..per_batch)
+                .map(|i| vec![(lsn as u8).wrapping_add(i as u8); 100])
+                .collect();
             let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
             offsets.push(offset);
             offset += encode_batch(&mut bytes[offset..], &header, lsn, &refs);
@@ -452,7 +490,13 @@ mod tests {
         bytes[offsets[4] + 100] ^= 0xFF;
         let scan = scan_segment(1, &bytes);
         assert_eq!(scan.batches.len(), 4);
-        assert!(matches!(scan.end, SegmentEnd::Damaged { within_torn_window: true, .. }));
+        assert!(matches!(
+            scan.end,
+            SegmentEnd::Damaged {
+                within_torn_window: true,
+                ..
+            }
+        ));
         let plan = plan(&[scan]).unwrap();
         let torn = plan.torn_tail.unwrap();
         assert_eq!((torn.segment_number, torn.offset), (1, offsets[4] as u64));
@@ -477,7 +521,13 @@ mod tests {
         let (mut bytes, offsets) = segment(1, 1, 16, 1);
         bytes[offsets[1] + 60] ^= 1;
         let scan = scan_segment(1, &bytes);
-        assert!(matches!(scan.end, SegmentEnd::Damaged { within_torn_window: false, .. }));
+        assert!(matches!(
+            scan.end,
+            SegmentEnd::Damaged {
+                within_torn_window: false,
+                ..
+            }
+        ));
         let error = plan(&[scan]).unwrap_err();
         assert_eq!((error.segment_number, error.offset), (1, offsets[1] as u64));
     }
@@ -505,7 +555,11 @@ mod tests {
         let mut torn_header = vec![0u8; SEGMENT_BYTES];
         torn_header[..20].fill(0x5A);
         let unused = vec![0u8; SEGMENT_BYTES];
-        let scans = [scan_segment(1, &first), scan_segment(2, &torn_header), scan_segment(3, &unused)];
+        let scans = [
+            scan_segment(1, &first),
+            scan_segment(2, &torn_header),
+            scan_segment(3, &unused),
+        ];
         let plan = plan(&scans).unwrap();
         assert_eq!(plan.kept_segments, vec![1]);
         assert_eq!(plan.removed_segments, vec![2, 3]);
@@ -520,7 +574,10 @@ mod tests {
         let plan = plan(&[scan_segment(1, &first), scan_segment(2, &second)]).unwrap();
         assert_eq!(plan.next_lsn, 2);
         let (alone, _) = segment(5, 1000, 0, 0);
-        assert_eq!(super::plan(&[scan_segment(5, &alone)]).unwrap().next_lsn, 1000);
+        assert_eq!(
+            super::plan(&[scan_segment(5, &alone)]).unwrap().next_lsn,
+            1000
+        );
     }
 
     #[test]
@@ -528,13 +585,19 @@ mod tests {
         // A batch of generation 1 written into a segment of generation 2 (a reused file).
         let (old, offsets) = segment(1, 1, 3, 1);
         let mut bytes = old.clone();
-        let newer = SegmentHeader { generation: 2, ..header(1, 1) };
+        let newer = SegmentHeader {
+            generation: 2,
+            ..header(1, 1)
+        };
         encode_segment_header(&newer, &mut bytes);
         let scan = scan_segment(1, &bytes);
         assert!(scan.batches.is_empty());
         assert!(matches!(
             scan.end,
-            SegmentEnd::Damaged { reason: FormatError::Foreign { generation: 1, .. }, .. }
+            SegmentEnd::Damaged {
+                reason: FormatError::Foreign { generation: 1, .. },
+                ..
+            }
         ));
         assert_eq!(scan.valid_end, offsets[0] as u64);
     }

@@ -1,0 +1,1114 @@
+//! The journal: open with recovery, group commit, reader, truncation, rotation.
+//!
+//! # Group commit
+//!
+//! A ring of `batches_in_flight_max + 1` batch slots, each owning one aligned buffer allocated
+//! at open. Appenders lock the state, encode their record (header, CRC32C, payload) straight
+//! into the filling slot's buffer, push their waker into that slot's waiter list and return
+//! `Pending`. A background I/O thread runs `batches_in_flight_max` *lanes* (async loops joined
+//! in one `block_on`); a free lane takes the filling slot as soon as it holds a record, seals it
+//! (batch header, zero padding) and writes it with one write-through write, while appenders go
+//! on filling the next slot. Completions may arrive in any order; a batch is acknowledged only
+//! when it and every earlier batch completed, so acknowledgements go out in LSN order.
+//!
+//! Nothing is allocated per append in steady state: buffers and waiter lists are reused (their
+//! capacity stays), wakers are cloned (a reference count for the common executors).
+//!
+//! # Failure
+//!
+//! The first failed write poisons the journal: the LSNs of the failed batch and all later ones
+//! get [`Error::Poisoned`], earlier batches still in flight are acknowledged if their own writes
+//! succeed, the lanes stop taking batches, and appends are refused. Nothing is retried.
+//!
+//! # Segments
+//!
+//! Each open starts a new segment (so a segment is written by one generation only). When a
+//! batch does not fit in the rest of the segment, the lane that took it waits until every
+//! earlier batch is acknowledged (so only the newest segment can have a torn tail), takes the
+//! spare segment that the maintenance thread created, zero-filled and made durable in advance,
+//! writes its header and then the batch. The maintenance thread then prepares the next spare.
+
+use std::collections::VecDeque;
+use std::future::{poll_fn, Future};
+use std::io;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
+use std::thread::JoinHandle;
+
+use crate::format::{self, BatchHeader, SegmentHeader, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES};
+use crate::recovery::{self, RecoveryMode, RecoveryReport, SegmentReport};
+use crate::storage::{IoBuffer, Storage};
+use crate::{Error, Lsn, Result};
+
+/// How a journal is laid out and recovered.
+#[derive(Debug, Clone)]
+pub struct JournalOptions {
+    /// Size of each segment file; a batch that does not fit starts a new segment.
+    pub segment_bytes: u64,
+    /// Largest batch (one write), padding included; a multiple of the block size.
+    pub batch_bytes_max: usize,
+    /// Batches written concurrently (lanes).
+    pub batches_in_flight_max: usize,
+    pub recovery_mode: RecoveryMode,
+    /// Alignment unit of batches; 0 means the larger of 4096 and the storage's alignment.
+    pub block_bytes: usize,
+}
+
+impl Default for JournalOptions {
+    fn default() -> Self {
+        JournalOptions {
+            segment_bytes: 64 << 20,
+            batch_bytes_max: 256 << 10,
+            batches_in_flight_max: 4,
+            recovery_mode: RecoveryMode::TolerateTornTail,
+            block_bytes: 0,
+        }
+    }
+}
+
+/// Counters of the journal since open.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    pub batches_written: u64,
+    pub records_written: u64,
+    pub bytes_written: u64,
+    pub segments_created: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Config {
+    block_bytes: usize,
+    batch_bytes_max: usize,
+    segment_bytes: u64,
+    generation: u64,
+    batches_in_flight_max: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SlotState {
+    Free,
+    Filling,
+    InFlight,
+    Done,
+    Failed,
+}
+
+struct Slot<B> {
+    state: SlotState,
+    seq: u64,
+    /// The slot's buffer; `None` while a lane writes it.
+    buf: Option<B>,
+    /// Bytes used, batch header space included.
+    len: usize,
+    first_lsn: u64,
+    record_count: u32,
+    waiters: Vec<Waker>,
+}
+
+struct ActiveSegment<G> {
+    number: u64,
+    handle: G,
+    write_offset: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct SegmentEntry {
+    number: u64,
+    first_lsn: u64,
+}
+
+type SpareResult<G> = std::result::Result<(u64, G), Arc<io::Error>>;
+
+struct State<S: Storage> {
+    slots: Vec<Slot<S::Buf>>,
+    /// Sequence number of the filling batch; its slot is `next_seq % slots.len()`.
+    next_seq: u64,
+    /// Every batch with a smaller sequence number is acknowledged.
+    acked_seq: u64,
+    next_lsn: u64,
+    durable_lsn: u64,
+    /// First LSN that failed, and why.
+    poison: Option<(u64, Arc<io::Error>)>,
+    closing: bool,
+    space_waiters: Vec<Waker>,
+    io_waker: Option<Waker>,
+    active: ActiveSegment<S::Segment>,
+    segments: VecDeque<SegmentEntry>,
+    rotating: bool,
+    spare: Option<SpareResult<S::Segment>>,
+    header_buf: Option<S::Buf>,
+    stats: JournalStats,
+}
+
+#[derive(Default)]
+struct Maintenance {
+    request: Option<u64>,
+    stop: bool,
+}
+
+struct Shared<S: Storage> {
+    storage: S,
+    config: Config,
+    state: Mutex<State<S>>,
+    maintenance: Mutex<Maintenance>,
+    maintenance_wake: Condvar,
+    _lock: S::Lock,
+}
+
+/// A durable group-commit journal over a [`Storage`].
+pub struct Journal<S: Storage> {
+    shared: Arc<Shared<S>>,
+    io_thread: Option<JoinHandle<()>>,
+    maintenance_thread: Option<JoinHandle<()>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock is a bug in this module; the state may still be read to
+    // shut down, so poisoning of the mutex is ignored.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn register(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(waker) if waker.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
+    }
+}
+
+fn wake_all(wakers: &mut Vec<Waker>) {
+    for waker in wakers.drain(..) {
+        waker.wake();
+    }
+}
+
+fn validate(options: &JournalOptions, storage_block: usize) -> Result<usize> {
+    let block = if options.block_bytes == 0 {
+        storage_block.max(4096)
+    } else {
+        options.block_bytes
+    };
+    let invalid = |why: String| Err(Error::InvalidOptions(why));
+    if !block.is_power_of_two() || block < 512 || block % storage_block != 0 {
+        return invalid(format!(
+            "block_bytes {block} must be a power of two >= 512 and a multiple of the storage alignment {storage_block}"
+        ));
+    }
+    if options.batch_bytes_max < block
+        || options.batch_bytes_max % block != 0
+        || options.batch_bytes_max > u32::MAX as usize
+    {
+        return invalid(format!(
+            "batch_bytes_max {} must be a non-zero multiple of block_bytes {block}",
+            options.batch_bytes_max
+        ));
+    }
+    if options.segment_bytes % block as u64 != 0
+        || options.segment_bytes < (block + options.batch_bytes_max) as u64
+    {
+        return invalid(format!(
+            "segment_bytes {} must be a multiple of block_bytes {block} and hold the header block plus one batch of {} bytes",
+            options.segment_bytes, options.batch_bytes_max
+        ));
+    }
+    if !(1..=64).contains(&options.batches_in_flight_max) {
+        return invalid(format!(
+            "batches_in_flight_max {} must be between 1 and 64",
+            options.batches_in_flight_max
+        ));
+    }
+    Ok(block)
+}
+
+/// Reads a whole segment into `buf` (reallocated when too small); returns the file length.
+async fn read_whole<S: Storage>(
+    storage: &S,
+    segment: &S::Segment,
+    buf: &mut Option<S::Buf>,
+) -> Result<usize> {
+    let len = storage.segment_len(segment)? as usize;
+    let capacity = format::round_up(len.max(1), storage.block_bytes());
+    let mut current = match buf.take() {
+        Some(b) if b.capacity() >= capacity => b,
+        _ => storage.alloc_buf(capacity),
+    };
+    let (result, read) = storage.read_at(segment, current, 0).await;
+    current = read;
+    let count = result?;
+    if count < len {
+        *buf = Some(current);
+        return Err(Error::Io(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("short read of a segment: {count} of {len} bytes"),
+        )));
+    }
+    *buf = Some(current);
+    Ok(len)
+}
+
+fn segment_header(config: &Config, number: u64, first_lsn: u64) -> SegmentHeader {
+    SegmentHeader {
+        block_bytes: config.block_bytes as u32,
+        segment_number: number,
+        generation: config.generation,
+        first_lsn,
+        batch_bytes_max: config.batch_bytes_max as u32,
+        batches_in_flight_max: config.batches_in_flight_max as u32,
+    }
+}
+
+impl<S: Storage> Journal<S> {
+    /// Opens (or creates) the journal in `storage`: locks it, recovers it as `options` say,
+    /// starts a new segment, and starts the background I/O and maintenance threads.
+    ///
+    /// # Errors
+    /// [`Error::Locked`], [`Error::Corruption`], [`Error::TornTail`] (strict mode),
+    /// [`Error::InvalidOptions`], [`Error::Io`].
+    pub async fn open_with_storage(
+        storage: S,
+        options: JournalOptions,
+    ) -> Result<(Journal<S>, RecoveryReport)> {
+        let block = validate(&options, storage.block_bytes())?;
+        let dir_lock = storage.lock()?;
+        let numbers = storage.list_segments()?;
+        let mut scans = Vec::with_capacity(numbers.len());
+        let mut read_buf = None;
+        for &number in &numbers {
+            let segment = storage.open_segment(number)?;
+            let len = read_whole(&storage, &segment, &mut read_buf).await?;
+            let bytes = &read_buf.as_ref().expect("read buffer").as_slice()[..len];
+            scans.push(recovery::scan_segment(number, bytes));
+        }
+        drop(read_buf);
+        let plan = recovery::plan(&scans).map_err(Error::Corruption)?;
+        if options.recovery_mode == RecoveryMode::Strict {
+            if let Some(torn) = plan.torn_tail.clone() {
+                return Err(Error::TornTail(torn));
+            }
+        }
+        let mut truncated_bytes = 0;
+        if let Some((number, valid_end)) = plan.truncate {
+            let segment = storage.open_segment(number)?;
+            truncated_bytes = storage.segment_len(&segment)?.saturating_sub(valid_end);
+            storage.truncate_segment(&segment, valid_end).await?;
+        }
+        for &number in plan.removed_segments.iter().rev() {
+            storage.remove_segment(number)?;
+        }
+        let config = Config {
+            block_bytes: block,
+            batch_bytes_max: options.batch_bytes_max,
+            segment_bytes: options.segment_bytes,
+            generation: plan.max_generation + 1,
+            batches_in_flight_max: options.batches_in_flight_max,
+        };
+        let number = numbers.last().map_or(1, |n| n + 1);
+        let handle = storage.create_segment(number, config.segment_bytes).await?;
+        let mut header_buf = storage.alloc_buf(block);
+        format::encode_segment_header(
+            &segment_header(&config, number, plan.next_lsn),
+            header_buf.as_full_mut(),
+        );
+        header_buf.set_len(block);
+        let (result, header_buf) = storage.write_at(&handle, header_buf, 0).await;
+        result?;
+        // Segments without records carry nothing the new segment does not (its header holds
+        // the next LSN), so they go; the rest are kept in order.
+        let mut segments = VecDeque::new();
+        let mut report_segments = Vec::new();
+        for scan in scans
+            .iter()
+            .filter(|s| plan.kept_segments.contains(&s.segment_number))
+        {
+            let recovery::HeaderState::Valid(header) = &scan.header else {
+                continue;
+            };
+            if scan.batches.is_empty() {
+                storage.remove_segment(scan.segment_number)?;
+                continue;
+            }
+            segments.push_back(SegmentEntry {
+                number: scan.segment_number,
+                first_lsn: header.first_lsn,
+            });
+            report_segments.push(SegmentReport {
+                segment_number: scan.segment_number,
+                generation: header.generation,
+                first_lsn: header.first_lsn,
+                batch_count: scan.batches.len() as u64,
+                record_count: scan.record_count(),
+                valid_bytes: scan.valid_end,
+                file_bytes: scan.file_bytes,
+            });
+        }
+        segments.push_back(SegmentEntry {
+            number,
+            first_lsn: plan.next_lsn,
+        });
+        let report = RecoveryReport {
+            mode: options.recovery_mode,
+            segments: report_segments,
+            record_count: plan.record_count,
+            first_lsn: plan.first_lsn,
+            last_lsn: plan.first_lsn.map(|_| plan.next_lsn - 1),
+            next_lsn: plan.next_lsn,
+            generation: config.generation,
+            torn_tail: plan.torn_tail.clone(),
+            truncated_bytes,
+            removed_segments: plan.removed_segments.clone(),
+        };
+        let slots = (0..=options.batches_in_flight_max)
+            .map(|_| Slot {
+                state: SlotState::Free,
+                seq: 0,
+                buf: Some(storage.alloc_buf(options.batch_bytes_max)),
+                len: 0,
+                first_lsn: 0,
+                record_count: 0,
+                waiters: Vec::with_capacity(256),
+            })
+            .collect();
+        let state = State {
+            slots,
+            next_seq: 0,
+            acked_seq: 0,
+            next_lsn: plan.next_lsn,
+            durable_lsn: plan.next_lsn - 1,
+            poison: None,
+            closing: false,
+            space_waiters: Vec::with_capacity(256),
+            io_waker: None,
+            active: ActiveSegment {
+                number,
+                handle,
+                write_offset: block as u64,
+            },
+            segments,
+            rotating: false,
+            spare: None,
+            header_buf: Some(header_buf),
+            stats: JournalStats {
+                segments_created: 1,
+                ..JournalStats::default()
+            },
+        };
+        let shared = Arc::new(Shared {
+            storage,
+            config,
+            state: Mutex::new(state),
+            maintenance: Mutex::new(Maintenance {
+                request: Some(number + 1),
+                stop: false,
+            }),
+            maintenance_wake: Condvar::new(),
+            _lock: dir_lock,
+        });
+        let io_shared = Arc::clone(&shared);
+        let io_thread = std::thread::Builder::new()
+            .name("journal-io".into())
+            .spawn(move || {
+                let lanes = (0..io_shared.config.batches_in_flight_max)
+                    .map(|_| lane(Arc::clone(&io_shared)));
+                futures::executor::block_on(futures::future::join_all(lanes));
+            })?;
+        let maintenance_shared = Arc::clone(&shared);
+        let maintenance_thread = std::thread::Builder::new()
+            .name("journal-prealloc".into())
+            .spawn(move || maintenance(&maintenance_shared))?;
+        Ok((
+            Journal {
+                shared,
+                io_thread: Some(io_thread),
+                maintenance_thread: Some(maintenance_thread),
+            },
+            report,
+        ))
+    }
+
+    /// Appends one record; resolves to its LSN once it and every earlier record are durable.
+    ///
+    /// Dropping the future does not withdraw the record: it is already in a batch.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if this or an earlier write failed, [`Error::RecordTooLarge`],
+    /// [`Error::Closed`].
+    pub fn append<'a>(&'a self, record: &'a [u8]) -> Append<'a, S> {
+        Append {
+            shared: &self.shared,
+            records: Records::One(record),
+            state: AppendState::Start,
+        }
+    }
+
+    /// Appends several records with consecutive LSNs in one batch; resolves to the LSN of the
+    /// last one once all of them and every earlier record are durable.
+    ///
+    /// # Errors
+    /// As [`Journal::append`]; the records together must fit in one batch.
+    pub fn append_batch<'a>(&'a self, records: &'a [&'a [u8]]) -> Append<'a, S> {
+        Append {
+            shared: &self.shared,
+            records: Records::Many(records),
+            state: AppendState::Start,
+        }
+    }
+
+    /// LSN of the last acknowledged (durable) record; `Lsn(0)` if there is none.
+    pub fn durable_lsn(&self) -> Lsn {
+        Lsn(lock(&self.shared.state).durable_lsn)
+    }
+
+    /// LSN the next appended record gets.
+    pub fn next_lsn(&self) -> Lsn {
+        Lsn(lock(&self.shared.state).next_lsn)
+    }
+
+    /// Whether a failed write poisoned the journal.
+    pub fn is_poisoned(&self) -> bool {
+        lock(&self.shared.state).poison.is_some()
+    }
+
+    /// Counters since open.
+    pub fn stats(&self) -> JournalStats {
+        lock(&self.shared.state).stats
+    }
+
+    /// Segment numbers the journal holds, oldest first.
+    pub fn segment_numbers(&self) -> Vec<u64> {
+        lock(&self.shared.state)
+            .segments
+            .iter()
+            .map(|s| s.number)
+            .collect()
+    }
+
+    /// The storage the journal runs on.
+    pub fn storage(&self) -> &S {
+        &self.shared.storage
+    }
+
+    /// A reader over the durable records with LSN >= `from` (records older than the oldest
+    /// segment are gone after [`Journal::truncate_before`]; the reader starts at the oldest
+    /// one kept). Records acknowledged after this call are not included.
+    pub fn reader(&self, from: Lsn) -> Reader<'_, S> {
+        let state = lock(&self.shared.state);
+        let segments: Vec<SegmentEntry> = state.segments.iter().copied().collect();
+        let start = segments
+            .iter()
+            .rposition(|s| s.first_lsn <= from.0)
+            .unwrap_or(0);
+        let next_lsn = from.0.max(segments.first().map_or(1, |s| s.first_lsn));
+        Reader {
+            shared: &self.shared,
+            until: state.durable_lsn,
+            next_lsn,
+            segments,
+            segment_index: start,
+            current: None,
+            chunk: None,
+            chunk_offset: 0,
+            cursor: 0,
+            expect_lsn: 0,
+            record_pos: 0,
+            record_end: 0,
+            record_lsn: 0,
+        }
+    }
+
+    /// Removes every whole segment whose records all have LSNs below `lsn` (never the segment
+    /// being written); each removal is made durable with a directory sync. Returns how many
+    /// segments were removed. Blocks on `unlink(2)` and `fsync(2)`.
+    ///
+    /// # Errors
+    /// [`Error::Io`] from removing a file; segments before it are removed already.
+    pub fn truncate_before(&self, lsn: Lsn) -> Result<usize> {
+        let mut doomed = Vec::new();
+        {
+            let mut state = lock(&self.shared.state);
+            while state.segments.len() >= 2 && state.segments[1].first_lsn <= lsn.0 {
+                let entry = state.segments.pop_front().expect("two segments");
+                doomed.push(entry.number);
+            }
+        }
+        for &number in &doomed {
+            self.shared.storage.remove_segment(number)?;
+        }
+        Ok(doomed.len())
+    }
+}
+
+impl<S: Storage> Drop for Journal<S> {
+    /// Writes what was appended, waits for the writes, and stops the background threads.
+    fn drop(&mut self) {
+        let waker = {
+            let mut state = lock(&self.shared.state);
+            state.closing = true;
+            state.io_waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        if let Some(thread) = self.io_thread.take() {
+            let _ = thread.join();
+        }
+        lock(&self.shared.maintenance).stop = true;
+        self.shared.maintenance_wake.notify_all();
+        if let Some(thread) = self.maintenance_thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+fn maintenance<S: Storage>(shared: &Shared<S>) {
+    loop {
+        let number = {
+            let mut maintenance = lock(&shared.maintenance);
+            loop {
+                if maintenance.stop {
+                    return;
+                }
+                if let Some(number) = maintenance.request.take() {
+                    break number;
+                }
+                maintenance = shared
+                    .maintenance_wake
+                    .wait(maintenance)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+        };
+        let result = futures::executor::block_on(
+            shared
+                .storage
+                .create_segment(number, shared.config.segment_bytes),
+        );
+        let waker = {
+            let mut state = lock(&shared.state);
+            state.spare = Some(result.map(|segment| (number, segment)).map_err(Arc::new));
+            state.io_waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+}
+
+struct Job<S: Storage> {
+    seq: u64,
+    buf: S::Buf,
+    len: usize,
+    first_lsn: u64,
+    record_count: u32,
+    rotate: bool,
+    segment: Option<S::Segment>,
+    offset: u64,
+}
+
+fn seal<B: IoBuffer>(buf: &mut B, len: usize, block: usize, header: &BatchHeader) -> usize {
+    let padded = format::round_up(len, block);
+    let bytes = buf.as_full_mut();
+    format::encode_batch_header(header, bytes);
+    bytes[len..padded].fill(0);
+    buf.set_len(padded);
+    padded
+}
+
+/// One lane: take a batch, write it, report the result; until the journal closes or poisons.
+async fn lane<S: Storage>(shared: Arc<Shared<S>>) {
+    let mut wake_list: Vec<Waker> = Vec::with_capacity(256);
+    loop {
+        let Some(mut job) = poll_fn(|cx| shared.poll_take(cx, &mut wake_list)).await else {
+            return;
+        };
+        if job.rotate {
+            if let Err(error) = shared.rotate(&mut job).await {
+                shared.complete(job.seq, Err(error), job.buf, &mut wake_list);
+                continue;
+            }
+        }
+        let segment = job.segment.take().expect("a taken batch has its segment");
+        let (result, buf) = shared.storage.write_at(&segment, job.buf, job.offset).await;
+        shared.complete(job.seq, result, buf, &mut wake_list);
+    }
+}
+
+impl<S: Storage> Shared<S> {
+    fn poll_take(&self, cx: &mut Context<'_>, wake_list: &mut Vec<Waker>) -> Poll<Option<Job<S>>> {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        if state.poison.is_some() {
+            return Poll::Ready(None);
+        }
+        let slot_count = state.slots.len() as u64;
+        let index = (state.next_seq % slot_count) as usize;
+        let takeable = !state.rotating
+            && state.slots[index].state == SlotState::Filling
+            && state.slots[index].record_count > 0;
+        if !takeable {
+            if state.closing && !state.rotating {
+                return Poll::Ready(None);
+            }
+            register(&mut state.io_waker, cx);
+            return Poll::Pending;
+        }
+        let seq = state.next_seq;
+        state.next_seq += 1;
+        let slot = &mut state.slots[index];
+        slot.state = SlotState::InFlight;
+        let mut job = Job {
+            seq,
+            buf: slot.buf.take().expect("a filling slot owns its buffer"),
+            len: slot.len,
+            first_lsn: slot.first_lsn,
+            record_count: slot.record_count,
+            rotate: false,
+            segment: None,
+            offset: 0,
+        };
+        let block = self.config.block_bytes;
+        let padded = format::round_up(job.len, block) as u64;
+        if state.active.write_offset + padded > self.config.segment_bytes {
+            state.rotating = true;
+            job.rotate = true;
+        } else {
+            job.offset = state.active.write_offset;
+            state.active.write_offset += padded;
+            job.segment = Some(state.active.handle.clone());
+            self.seal_job(&mut job, state.active.number);
+        }
+        wake_list.append(&mut state.space_waiters);
+        drop(guard);
+        wake_all(wake_list);
+        Poll::Ready(Some(job))
+    }
+
+    fn seal_job(&self, job: &mut Job<S>, segment_number: u64) {
+        let header = BatchHeader {
+            record_count: job.record_count,
+            segment_number,
+            generation: self.config.generation,
+            first_lsn: job.first_lsn,
+            body_bytes: (job.len - BATCH_HEADER_BYTES) as u32,
+        };
+        seal(&mut job.buf, job.len, self.config.block_bytes, &header);
+    }
+
+    /// Moves to the spare segment before writing `job`, after every earlier batch is durable.
+    async fn rotate(&self, job: &mut Job<S>) -> io::Result<()> {
+        let seq = job.seq;
+        poll_fn(|cx| {
+            let mut state = lock(&self.state);
+            if let Some((_, error)) = &state.poison {
+                return Poll::Ready(Err(io::Error::new(error.kind(), error.to_string())));
+            }
+            if state.acked_seq == seq {
+                return Poll::Ready(Ok(()));
+            }
+            register(&mut state.io_waker, cx);
+            Poll::Pending
+        })
+        .await?;
+        let (number, segment) = poll_fn(|cx| {
+            let mut state = lock(&self.state);
+            match state.spare.take() {
+                Some(Ok(spare)) => Poll::Ready(Ok(spare)),
+                Some(Err(error)) => Poll::Ready(Err(io::Error::new(
+                    error.kind(),
+                    format!("creating the next segment failed: {error}"),
+                ))),
+                None => {
+                    register(&mut state.io_waker, cx);
+                    Poll::Pending
+                }
+            }
+        })
+        .await?;
+        let mut header_buf = lock(&self.state)
+            .header_buf
+            .take()
+            .expect("one rotation at a time");
+        format::encode_segment_header(
+            &segment_header(&self.config, number, job.first_lsn),
+            header_buf.as_full_mut(),
+        );
+        header_buf.set_len(self.config.block_bytes);
+        let (result, header_buf) = self.storage.write_at(&segment, header_buf, 0).await;
+        let waker = {
+            let mut guard = lock(&self.state);
+            let state = &mut *guard;
+            state.header_buf = Some(header_buf);
+            result?;
+            let block = self.config.block_bytes as u64;
+            let padded = format::round_up(job.len, self.config.block_bytes) as u64;
+            state.active = ActiveSegment {
+                number,
+                handle: segment.clone(),
+                write_offset: block + padded,
+            };
+            state.segments.push_back(SegmentEntry {
+                number,
+                first_lsn: job.first_lsn,
+            });
+            state.rotating = false;
+            state.stats.segments_created += 1;
+            job.offset = block;
+            job.segment = Some(segment);
+            state.io_waker.take()
+        };
+        self.seal_job(job, number);
+        lock(&self.maintenance).request = Some(number + 1);
+        self.maintenance_wake.notify_one();
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Ok(())
+    }
+
+    /// Records the result of batch `seq` and acknowledges every batch that is now durable in
+    /// order.
+    fn complete(&self, seq: u64, result: io::Result<()>, buf: S::Buf, wake_list: &mut Vec<Waker>) {
+        let mut guard = lock(&self.state);
+        let state = &mut *guard;
+        let slot_count = state.slots.len() as u64;
+        let slot = &mut state.slots[(seq % slot_count) as usize];
+        debug_assert_eq!(slot.seq, seq);
+        debug_assert_eq!(slot.state, SlotState::InFlight);
+        let written = buf.len() as u64;
+        slot.buf = Some(buf);
+        match result {
+            Ok(()) => {
+                slot.state = SlotState::Done;
+                state.stats.batches_written += 1;
+                state.stats.records_written += u64::from(slot.record_count);
+                state.stats.bytes_written += written;
+            }
+            Err(error) => {
+                slot.state = SlotState::Failed;
+                let from = slot.first_lsn;
+                match &mut state.poison {
+                    Some((first, _)) => *first = (*first).min(from),
+                    None => state.poison = Some((from, Arc::new(error))),
+                }
+                // Every waiter re-checks: the ones at or after the failed LSN get the error,
+                // earlier ones keep waiting for their own batch.
+                for slot in &state.slots {
+                    wake_list.extend(slot.waiters.iter().cloned());
+                }
+                wake_list.append(&mut state.space_waiters);
+                wake_list.extend(state.io_waker.take());
+            }
+        }
+        let mut freed = false;
+        while state.acked_seq < state.next_seq {
+            let slot = &mut state.slots[(state.acked_seq % slot_count) as usize];
+            if slot.state != SlotState::Done {
+                break;
+            }
+            state.durable_lsn = slot.first_lsn + u64::from(slot.record_count) - 1;
+            wake_list.append(&mut slot.waiters);
+            slot.state = SlotState::Free;
+            state.acked_seq += 1;
+            freed = true;
+        }
+        if freed {
+            wake_list.append(&mut state.space_waiters);
+            wake_list.extend(state.io_waker.take());
+        }
+        drop(guard);
+        wake_all(wake_list);
+    }
+}
+
+enum Records<'a> {
+    One(&'a [u8]),
+    Many(&'a [&'a [u8]]),
+}
+
+impl Records<'_> {
+    fn count(&self) -> usize {
+        match self {
+            Records::One(_) => 1,
+            Records::Many(records) => records.len(),
+        }
+    }
+
+    fn get(&self, index: usize) -> &[u8] {
+        match self {
+            Records::One(record) => record,
+            Records::Many(records) => records[index],
+        }
+    }
+
+    fn encoded_bytes(&self) -> usize {
+        (0..self.count())
+            .map(|i| RECORD_HEADER_BYTES + self.get(i).len())
+            .sum()
+    }
+}
+
+enum AppendState {
+    Start,
+    Waiting {
+        lsn: u64,
+        seq: u64,
+        waker_index: usize,
+    },
+    Done,
+}
+
+/// Future of [`Journal::append`] and [`Journal::append_batch`].
+pub struct Append<'a, S: Storage> {
+    shared: &'a Arc<Shared<S>>,
+    records: Records<'a>,
+    state: AppendState,
+}
+
+impl<S: Storage> Future for Append<'_, S> {
+    type Output = Result<Lsn>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Lsn>> {
+        let this = self.get_mut();
+        match this.state {
+            AppendState::Start => this.poll_start(cx),
+            AppendState::Waiting {
+                lsn,
+                seq,
+                waker_index,
+            } => {
+                let mut guard = lock(&this.shared.state);
+                let state = &mut *guard;
+                if state.durable_lsn >= lsn {
+                    this.state = AppendState::Done;
+                    return Poll::Ready(Ok(Lsn(lsn)));
+                }
+                if let Some((first_failed, error)) = &state.poison {
+                    if lsn >= *first_failed {
+                        this.state = AppendState::Done;
+                        return Poll::Ready(Err(Error::Poisoned(Arc::clone(error))));
+                    }
+                }
+                let slot_count = state.slots.len() as u64;
+                let slot = &mut state.slots[(seq % slot_count) as usize];
+                debug_assert_eq!(slot.seq, seq);
+                match slot.waiters.get_mut(waker_index) {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    Some(waker) => *waker = cx.waker().clone(),
+                    None => slot.waiters.push(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            AppendState::Done => panic!("Append polled after completion"),
+        }
+    }
+}
+
+impl<S: Storage> Append<'_, S> {
+    fn poll_start(&mut self, cx: &mut Context<'_>) -> Poll<Result<Lsn>> {
+        let shared = self.shared;
+        let config = &shared.config;
+        let mut guard = lock(&shared.state);
+        let state = &mut *guard;
+        if let Some((_, error)) = &state.poison {
+            self.state = AppendState::Done;
+            return Poll::Ready(Err(Error::Poisoned(Arc::clone(error))));
+        }
+        if state.closing {
+            self.state = AppendState::Done;
+            return Poll::Ready(Err(Error::Closed));
+        }
+        let bytes = self.records.encoded_bytes();
+        if BATCH_HEADER_BYTES + bytes > config.batch_bytes_max || self.records.count() == 0 {
+            self.state = AppendState::Done;
+            return Poll::Ready(Err(Error::RecordTooLarge {
+                bytes: BATCH_HEADER_BYTES + bytes,
+                max_bytes: config.batch_bytes_max,
+            }));
+        }
+        let slot_count = state.slots.len() as u64;
+        let seq = state.next_seq;
+        let slot = &mut state.slots[(seq % slot_count) as usize];
+        if slot.state == SlotState::Free {
+            slot.state = SlotState::Filling;
+            slot.seq = seq;
+            slot.len = BATCH_HEADER_BYTES;
+            slot.first_lsn = state.next_lsn;
+            slot.record_count = 0;
+        }
+        if slot.state != SlotState::Filling || slot.len + bytes > config.batch_bytes_max {
+            // The filling batch is full or its slot is still in flight: wait for a lane to take
+            // it or for an acknowledgement to free the slot.
+            if !state.space_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                state.space_waiters.push(cx.waker().clone());
+            }
+            let waker = state.io_waker.take();
+            drop(guard);
+            if let Some(waker) = waker {
+                waker.wake();
+            }
+            return Poll::Pending;
+        }
+        let buf = slot
+            .buf
+            .as_mut()
+            .expect("a filling slot owns its buffer")
+            .as_full_mut();
+        let mut lsn = state.next_lsn;
+        for index in 0..self.records.count() {
+            slot.len += format::encode_record(
+                &mut buf[slot.len..],
+                config.generation,
+                lsn,
+                self.records.get(index),
+            );
+            lsn += 1;
+        }
+        let count = self.records.count() as u32;
+        slot.record_count += count;
+        state.next_lsn = lsn;
+        slot.waiters.push(cx.waker().clone());
+        self.state = AppendState::Waiting {
+            lsn: lsn - 1,
+            seq,
+            waker_index: slot.waiters.len() - 1,
+        };
+        let waker = state.io_waker.take();
+        drop(guard);
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+        Poll::Pending
+    }
+}
+
+/// One record read back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub lsn: Lsn,
+    pub payload: &'a [u8],
+}
+
+/// Iterates durable records in LSN order; see [`Journal::reader`].
+pub struct Reader<'a, S: Storage> {
+    shared: &'a Arc<Shared<S>>,
+    until: u64,
+    next_lsn: u64,
+    segments: Vec<SegmentEntry>,
+    segment_index: usize,
+    current: Option<(S::Segment, SegmentHeader)>,
+    chunk: Option<S::Buf>,
+    chunk_offset: u64,
+    cursor: u64,
+    expect_lsn: u64,
+    record_pos: usize,
+    record_end: usize,
+    record_lsn: u64,
+}
+
+const READ_CHUNK_BYTES: usize = 1 << 20;
+
+impl<S: Storage> Reader<'_, S> {
+    /// The next record, or `None` after the last one that was durable when the reader was made.
+    ///
+    /// # Errors
+    /// [`Error::Io`] from reading; [`Error::Corruption`] if a record that should be there is not
+    /// (for example its segment was truncated away while reading).
+    pub async fn next(&mut self) -> Result<Option<Record<'_>>> {
+        let (start, end, lsn) = loop {
+            if self.next_lsn > self.until {
+                return Ok(None);
+            }
+            if self.record_pos < self.record_end {
+                let chunk = self.chunk.as_ref().expect("chunk").as_slice();
+                let at = self.record_pos;
+                let payload_bytes =
+                    u32::from_le_bytes(chunk[at..at + 4].try_into().expect("4 bytes")) as usize;
+                let start = at + RECORD_HEADER_BYTES;
+                self.record_pos = start + payload_bytes;
+                let lsn = self.record_lsn;
+                self.record_lsn += 1;
+                if lsn < self.next_lsn {
+                    continue;
+                }
+                self.next_lsn = lsn + 1;
+                break (start, start + payload_bytes, lsn);
+            }
+            self.next_batch().await?;
+        };
+        let chunk = self.chunk.as_ref().expect("chunk").as_slice();
+        Ok(Some(Record {
+            lsn: Lsn(lsn),
+            payload: &chunk[start..end],
+        }))
+    }
+
+    async fn fill_chunk(&mut self, segment: &S::Segment, offset: u64) -> Result<()> {
+        let storage = &self.shared.storage;
+        let capacity = READ_CHUNK_BYTES.max(2 * self.shared.config.batch_bytes_max);
+        let buf = match self.chunk.take() {
+            Some(buf) => buf,
+            None => storage.alloc_buf(capacity),
+        };
+        let (result, buf) = storage.read_at(segment, buf, offset).await;
+        self.chunk = Some(buf);
+        self.chunk_offset = offset;
+        result?;
+        Ok(())
+    }
+
+    async fn next_batch(&mut self) -> Result<()> {
+        loop {
+            if self.current.is_none() {
+                let Some(entry) = self.segments.get(self.segment_index).copied() else {
+                    return Err(Error::Corruption(recovery::Corruption {
+                        segment_number: self.segments.last().map_or(0, |s| s.number),
+                        offset: self.cursor,
+                        reason: format!(
+                            "records {}..={} are acknowledged but were not found",
+                            self.next_lsn, self.until
+                        ),
+                    }));
+                };
+                let segment = self.shared.storage.open_segment(entry.number)?;
+                self.fill_chunk(&segment, 0).await?;
+                let chunk = self.chunk.as_ref().expect("chunk").as_slice();
+                let header = format::decode_segment_header(chunk).map_err(|e| {
+                    Error::Corruption(recovery::Corruption {
+                        segment_number: entry.number,
+                        offset: 0,
+                        reason: format!("segment header: {e}"),
+                    })
+                })?;
+                self.cursor = u64::from(header.block_bytes);
+                self.expect_lsn = header.first_lsn;
+                self.current = Some((segment, header));
+            }
+            let (segment, header) = self.current.clone().expect("current segment");
+            let batch_max = header.batch_bytes_max as u64;
+            let chunk_len = self.chunk.as_ref().map_or(0, |c| c.len()) as u64;
+            let chunk_full = chunk_len == self.chunk.as_ref().map_or(0, |c| c.capacity()) as u64;
+            if self.cursor < self.chunk_offset
+                || (chunk_full && self.cursor + batch_max > self.chunk_offset + chunk_len)
+            {
+                self.fill_chunk(&segment, self.cursor).await?;
+            }
+            let chunk = self.chunk.as_ref().expect("chunk").as_slice();
+            let at = (self.cursor - self.chunk_offset) as usize;
+            match format::decode_batch(&chunk[at.min(chunk.len())..], &header, self.expect_lsn) {
+                Ok(batch) => {
+                    self.record_pos = at + BATCH_HEADER_BYTES;
+                    self.record_end = self.record_pos + batch.header.body_bytes as usize;
+                    self.record_lsn = batch.header.first_lsn;
+                    self.expect_lsn = batch.header.last_lsn() + 1;
+                    self.cursor += batch.padded_bytes as u64;
+                    return Ok(());
+                }
+                Err(_) => {
+                    // End of this segment's records.
+                    self.current = None;
+                    self.segment_index += 1;
+                }
+            }
+        }
+    }
+}
