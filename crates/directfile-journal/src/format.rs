@@ -460,8 +460,7 @@ pub fn decode_batch<'a>(
     let body_end = BATCH_HEADER_BYTES + header.body_bytes as usize;
     let body = &bytes[BATCH_HEADER_BYTES..body_end];
     let mut at = 0;
-    let mut lsn = header.first_lsn;
-    for _ in 0..header.record_count {
+    for lsn in header.first_lsn..header.first_lsn + u64::from(header.record_count) {
         if body.len() - at < RECORD_HEADER_BYTES {
             return Err(FormatError::BadField {
                 what: "record length",
@@ -487,7 +486,6 @@ pub fn decode_batch<'a>(
                 found,
             });
         }
-        lsn += 1;
         at += RECORD_HEADER_BYTES + payload_bytes;
     }
     if at != body.len() {

@@ -262,10 +262,13 @@ impl Default for MemStorage {
     }
 }
 
+/// Whether the delay has passed, and who to wake when it has.
+type SleepState = (bool, Option<Waker>);
+
 /// Completes after a delay measured on a helper thread (tests only; allocates per write).
 struct Sleep {
     delay: Duration,
-    state: Option<Arc<Mutex<(bool, Option<Waker>)>>>,
+    state: Option<Arc<Mutex<SleepState>>>,
 }
 
 impl Future for Sleep {
