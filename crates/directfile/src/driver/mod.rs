@@ -1,0 +1,418 @@
+//! The driver: the slot table plus one backend that carries operations to the kernel.
+//!
+//! Backends share one small interface (`prepare`, `submit`, `cancel`, `reap`, `start`,
+//! `shutdown`), dispatched by a `match` on [`Engine`] so the hot path has no virtual call. A
+//! completion-port backend for Windows would be a third variant with the same five functions:
+//! `prepare` fills an OVERLAPPED from the slot, `submit` calls `WriteFile`, `reap` drains
+//! `GetQueuedCompletionStatusEx`, `cancel` calls `CancelIoEx`.
+
+mod threads;
+mod uring;
+
+pub use uring::io_uring_status;
+
+use crate::buf::{BufPool, FixedRegistration};
+use crate::op::slot::{SlotInner, Slots};
+use crate::sync::{AtomicBool, Ordering};
+use crate::{Error, Result};
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+/// Which backend a driver runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// io_uring: operations are submitted to a ring and completed by the kernel.
+    Uring,
+    /// A fixed pool of worker threads doing `pwritev2`/`preadv2`/`fdatasync`.
+    Threads,
+}
+
+impl fmt::Display for Backend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Backend::Uring => "uring",
+            Backend::Threads => "threads",
+        })
+    }
+}
+
+/// Which backend to use when building a driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum BackendChoice {
+    /// io_uring when it works here, else threads (the reason is logged once). The environment
+    /// variable `DIRECTFILE_BACKEND=uring|threads` overrides `Auto`.
+    #[default]
+    Auto,
+    /// io_uring, or an error that says why it cannot work here.
+    Uring,
+    /// The thread pool.
+    Threads,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<BackendChoice> {
+        match s {
+            "auto" | "" => Ok(BackendChoice::Auto),
+            "uring" | "io_uring" => Ok(BackendChoice::Uring),
+            "threads" => Ok(BackendChoice::Threads),
+            other => Err(Error::Unsupported(format!(
+                "unknown backend {other:?}: expected auto, uring or threads"
+            ))),
+        }
+    }
+}
+
+/// Builds a [`Driver`].
+#[derive(Clone, Debug)]
+pub struct DriverBuilder {
+    queue_depth: usize,
+    backend: BackendChoice,
+    threads: Option<usize>,
+    spin: Duration,
+    max_iovecs: usize,
+}
+
+impl Default for DriverBuilder {
+    fn default() -> Self {
+        DriverBuilder {
+            queue_depth: 256,
+            backend: BackendChoice::Auto,
+            threads: None,
+            spin: Duration::from_micros(250),
+            max_iovecs: 64,
+        }
+    }
+}
+
+impl DriverBuilder {
+    /// Number of operation slots: how many operations may be in flight at once. More wait for
+    /// a free slot. Default 256.
+    pub fn queue_depth(mut self, slots: usize) -> Self {
+        self.queue_depth = slots.max(1);
+        self
+    }
+
+    /// Which backend to use. Default [`BackendChoice::Auto`].
+    pub fn backend(mut self, choice: BackendChoice) -> Self {
+        self.backend = choice;
+        self
+    }
+
+    /// Worker threads of the thread-pool backend. Default: `min(queue_depth, 32)`.
+    pub fn threads(mut self, count: usize) -> Self {
+        self.threads = Some(count.max(1));
+        self
+    }
+
+    /// How long a future polled while it is the only operation in flight waits for its
+    /// completion on the polling thread before yielding (the queue-depth-1 latency path; a
+    /// wake-up from another thread costs tens of microseconds). `Duration::ZERO` disables it.
+    /// Default 250 us.
+    pub fn spin(mut self, budget: Duration) -> Self {
+        self.spin = budget;
+        self
+    }
+
+    /// The most buffers one vectored write may carry. Default 64.
+    pub fn max_iovecs(mut self, count: usize) -> Self {
+        self.max_iovecs = count.clamp(1, 1024);
+        self
+    }
+
+    /// Makes the driver and starts its thread(s).
+    ///
+    /// # Errors
+    /// [`Error::Unsupported`] when io_uring is forced (by [`BackendChoice::Uring`] or by
+    /// `DIRECTFILE_BACKEND=uring`) and cannot work here; the message says why.
+    pub fn build(self) -> Result<Driver> {
+        let mut choice = self.backend;
+        let mut forced_by = "the driver builder";
+        if choice == BackendChoice::Auto {
+            if let Ok(v) = std::env::var("DIRECTFILE_BACKEND") {
+                choice = v.parse()?;
+                forced_by = "DIRECTFILE_BACKEND";
+            }
+        }
+        let threads = self.threads.unwrap_or(self.queue_depth.min(32));
+        let (engine, backend, reason) = match choice {
+            BackendChoice::Threads => (
+                Engine::Threads(threads::Threads::new(self.queue_depth, threads)),
+                Backend::Threads,
+                format!("threads forced by {forced_by}"),
+            ),
+            BackendChoice::Uring => match uring::Uring::new(self.queue_depth) {
+                Ok(u) => (
+                    Engine::Uring(u),
+                    Backend::Uring,
+                    format!("uring forced by {forced_by}"),
+                ),
+                Err(why) => {
+                    return Err(Error::Unsupported(format!(
+                        "io_uring cannot be used here: {why}"
+                    )))
+                }
+            },
+            BackendChoice::Auto => match uring::Uring::new(self.queue_depth) {
+                Ok(u) => (
+                    Engine::Uring(u),
+                    Backend::Uring,
+                    "io_uring is available".to_string(),
+                ),
+                Err(why) => {
+                    let reason = format!("io_uring unavailable ({why}); using the thread pool");
+                    static LOGGED: std::sync::Once = std::sync::Once::new();
+                    LOGGED.call_once(|| log::warn!("directfile: {reason}"));
+                    (
+                        Engine::Threads(threads::Threads::new(self.queue_depth, threads)),
+                        Backend::Threads,
+                        reason,
+                    )
+                }
+            },
+        };
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+        let shared = Arc::new(Shared {
+            id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+            slots: Slots::new(self.queue_depth, self.max_iovecs),
+            engine,
+            spin: self.spin,
+            closed: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
+            backend,
+            reason,
+        });
+        shared.engine.start(&shared).map_err(Error::Io)?;
+        Ok(Driver {
+            handle: Arc::new(Handle { shared }),
+        })
+    }
+}
+
+/// State shared by the driver handles, the futures, and the backend's thread(s).
+pub(crate) struct Shared {
+    pub(crate) id: u64,
+    pub(crate) slots: Slots,
+    pub(crate) engine: Engine,
+    pub(crate) spin: Duration,
+    closed: AtomicBool,
+    shutdown: AtomicBool,
+    backend: Backend,
+    reason: String,
+}
+
+impl Shared {
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Set once no handle, file or future refers to the driver any more: the backend's
+    /// threads finish the operations still in flight (orphaned ones) and exit.
+    pub(crate) fn is_shut_down(&self) -> bool {
+        self.shutdown.load(Ordering::Acquire)
+    }
+}
+
+/// One submission, ready for the backend.
+pub(crate) enum Submission {
+    Uring {
+        entry: io_uring::squeue::Entry,
+        generation: u32,
+    },
+    Threads {
+        index: u32,
+        generation: u32,
+    },
+}
+
+impl Submission {
+    pub(crate) fn generation(&self) -> u32 {
+        match self {
+            Submission::Uring { generation, .. } | Submission::Threads { generation, .. } => {
+                *generation
+            }
+        }
+    }
+}
+
+#[allow(clippy::large_enum_variant)] // one per driver
+pub(crate) enum Engine {
+    Uring(uring::Uring),
+    Threads(threads::Threads),
+}
+
+impl Engine {
+    /// Builds the submission for an armed slot (called with the slot locked).
+    pub(crate) fn prepare(&self, slot: &SlotInner, index: u32, generation: u32) -> Submission {
+        match self {
+            Engine::Uring(u) => u.prepare(slot, index, generation),
+            Engine::Threads(_) => Submission::Threads { index, generation },
+        }
+    }
+
+    /// Hands a submission to the kernel or the workers. An error means nothing was submitted.
+    pub(crate) fn submit(&self, shared: &Shared, submission: Submission) -> Result<()> {
+        match (self, submission) {
+            (Engine::Uring(u), Submission::Uring { entry, .. }) => u.submit(shared, &entry),
+            (Engine::Threads(t), Submission::Threads { index, generation }) => {
+                t.submit(index, generation)
+            }
+            _ => unreachable!("submission prepared by another engine"),
+        }
+    }
+
+    /// Asks for an orphaned operation to be cancelled. Its completion frees the slot.
+    pub(crate) fn cancel(&self, shared: &Shared, index: u32, generation: u32) {
+        match self {
+            Engine::Uring(u) => u.cancel(shared, index, generation),
+            Engine::Threads(t) => t.cancel(shared, index, generation),
+        }
+    }
+
+    /// Records the completions that are ready, on the calling thread, without blocking.
+    pub(crate) fn reap(&self, shared: &Shared) {
+        match self {
+            Engine::Uring(u) => u.reap(shared, false),
+            Engine::Threads(_) => {}
+        }
+    }
+
+    fn start(&self, shared: &Arc<Shared>) -> std::io::Result<()> {
+        match self {
+            Engine::Uring(_) => uring::Uring::start(shared),
+            Engine::Threads(t) => t.start(shared),
+        }
+    }
+
+    fn shutdown(&self) {
+        match self {
+            Engine::Uring(u) => u.wake_reaper(),
+            Engine::Threads(t) => t.shutdown(),
+        }
+    }
+}
+
+struct Handle {
+    shared: Arc<Shared>,
+}
+
+impl Drop for Handle {
+    fn drop(&mut self) {
+        self.shared.closed.store(true, Ordering::Release);
+        self.shared.shutdown.store(true, Ordering::Release);
+        self.shared.engine.shutdown();
+    }
+}
+
+/// Carries operations to the kernel: an io_uring instance or a thread pool, plus the table of
+/// operation slots.
+///
+/// Cheap to clone; files and in-flight futures hold a clone, so the driver lives until the last
+/// of them is gone. Then its thread(s) finish every operation still in flight (those whose
+/// futures were dropped were cancelled) and exit; nothing is leaked.
+#[derive(Clone)]
+pub struct Driver {
+    handle: Arc<Handle>,
+}
+
+impl fmt::Debug for Driver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Driver")
+            .field("backend", &self.backend())
+            .field("queue_depth", &self.queue_depth())
+            .field("in_flight", &self.in_flight())
+            .finish()
+    }
+}
+
+impl Driver {
+    /// A driver with default settings and the automatic backend choice.
+    ///
+    /// # Errors
+    /// See [`DriverBuilder::build`].
+    pub fn new() -> Result<Driver> {
+        DriverBuilder::default().build()
+    }
+
+    /// A builder for a driver with non-default settings.
+    pub fn builder() -> DriverBuilder {
+        DriverBuilder::default()
+    }
+
+    /// The process-wide driver that files use when opened without one, made on first use.
+    ///
+    /// # Errors
+    /// When `DIRECTFILE_BACKEND` forces a backend that cannot work here.
+    pub fn global() -> Result<Driver> {
+        static GLOBAL: OnceLock<std::result::Result<Driver, String>> = OnceLock::new();
+        GLOBAL
+            .get_or_init(|| Driver::new().map_err(|e| e.to_string()))
+            .clone()
+            .map_err(Error::Unsupported)
+    }
+
+    /// The backend this driver runs.
+    pub fn backend(&self) -> Backend {
+        self.shared().backend
+    }
+
+    /// Why this backend was chosen (for example the error that ruled io_uring out).
+    pub fn backend_reason(&self) -> &str {
+        &self.shared().reason
+    }
+
+    /// Number of operation slots.
+    pub fn queue_depth(&self) -> usize {
+        self.shared().slots.len()
+    }
+
+    /// Operations in flight (including cancelled ones whose completion has not arrived).
+    pub fn in_flight(&self) -> usize {
+        self.shared().slots.in_flight()
+    }
+
+    /// Refuses new operations from now on ([`Error::Closed`]); operations in flight finish.
+    pub fn close(&self) {
+        self.shared().closed.store(true, Ordering::Release);
+    }
+
+    /// Makes a pool of `count` buffers of `buf_size` bytes aligned to `align`, registered with
+    /// this driver's ring when it is io_uring (so operations on them use the fixed-buffer
+    /// opcodes). Registration is best effort: when the ring refuses (memlock limit, table full)
+    /// the pool works with the ordinary opcodes; [`BufPool::is_registered`] tells.
+    pub fn buf_pool(&self, count: usize, buf_size: usize, align: usize) -> BufPool {
+        let pool = BufPool::unregistered(count, buf_size, align);
+        if let Engine::Uring(u) = &self.shared().engine {
+            let (base, _) = pool.region();
+            if let Some(first_index) = u.register_buffers(base, count, buf_size) {
+                let weak = Arc::downgrade(&self.handle.shared);
+                pool.set_registration(FixedRegistration {
+                    driver_id: self.shared().id,
+                    first_index,
+                    unregister: std::sync::Mutex::new(Some(Box::new(move || {
+                        if let Some(shared) = weak.upgrade() {
+                            if let Engine::Uring(u) = &shared.engine {
+                                u.unregister_buffers(first_index, count);
+                            }
+                        }
+                    }))),
+                });
+            }
+        }
+        pool
+    }
+
+    /// Whether `set_len` can go through the ring (`IORING_OP_FTRUNCATE`, Linux 6.9).
+    pub(crate) fn has_ftruncate_op(&self) -> bool {
+        match &self.shared().engine {
+            Engine::Uring(u) => u.has_ftruncate(),
+            Engine::Threads(_) => true,
+        }
+    }
+
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+}

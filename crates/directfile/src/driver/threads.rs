@@ -1,0 +1,212 @@
+//! The thread-pool backend: for where io_uring is missing or forbidden (old kernels, seccomp,
+//! `kernel.io_uring_disabled`, gVisor). Same slots, same futures, same guarantees.
+//!
+//! A job is just `(slot index, generation)` in a bounded queue (its capacity is the number of
+//! slots, so it never grows); the operation itself is described in the slot. A queued job that
+//! no worker has taken can be withdrawn on cancellation; a running one completes and its
+//! buffers come back through the slot.
+#![allow(unsafe_code)]
+
+use super::{Engine, Shared};
+use crate::op::slot::{OpDesc, State};
+use crate::sync::{Condvar, Mutex};
+use crate::{Error, Result};
+use std::collections::VecDeque;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+struct Queue {
+    jobs: VecDeque<(u32, u32)>,
+    shutdown: bool,
+}
+
+pub(crate) struct Threads {
+    queue: Mutex<Queue>,
+    ready: Condvar,
+    /// Jobs queued, readable without the lock (for the workers' short spin).
+    queued: AtomicUsize,
+    workers: usize,
+}
+
+impl Threads {
+    pub(crate) fn new(slots: usize, workers: usize) -> Threads {
+        Threads {
+            queue: Mutex::new(Queue {
+                jobs: VecDeque::with_capacity(slots),
+                shutdown: false,
+            }),
+            ready: Condvar::new(),
+            queued: AtomicUsize::new(0),
+            workers,
+        }
+    }
+
+    pub(crate) fn start(&self, shared: &Arc<Shared>) -> io::Result<()> {
+        for i in 0..self.workers {
+            let shared = Arc::clone(shared);
+            std::thread::Builder::new()
+                .name(format!("directfile-worker-{i}"))
+                .spawn(move || worker(&shared))?;
+        }
+        Ok(())
+    }
+
+    pub(crate) fn submit(&self, index: u32, generation: u32) -> Result<()> {
+        let mut queue = self.queue.lock().unwrap();
+        if queue.shutdown {
+            return Err(Error::Closed);
+        }
+        // Cannot grow: at most one job per slot.
+        queue.jobs.push_back((index, generation));
+        self.queued.fetch_add(1, Ordering::Release);
+        drop(queue);
+        self.ready.notify_one();
+        Ok(())
+    }
+
+    pub(crate) fn cancel(&self, shared: &Shared, index: u32, generation: u32) {
+        let withdrawn = {
+            let mut queue = self.queue.lock().unwrap();
+            match queue
+                .jobs
+                .iter()
+                .position(|&job| job == (index, generation))
+            {
+                Some(pos) => {
+                    queue.jobs.remove(pos);
+                    self.queued.fetch_sub(1, Ordering::Release);
+                    true
+                }
+                None => false,
+            }
+        };
+        if withdrawn {
+            shared.slots.complete(index, generation, -libc::ECANCELED);
+        }
+        // Otherwise a worker has it: it runs to completion and frees the orphaned slot.
+    }
+
+    pub(crate) fn shutdown(&self) {
+        self.queue.lock().unwrap().shutdown = true;
+        self.ready.notify_all();
+    }
+
+    fn next_job(&self, shared: &Shared) -> Option<(u32, u32)> {
+        // A short spin first: at queue depth 1 the next job usually arrives within the spin,
+        // which saves the futex wake-up of a sleeping worker.
+        if !shared.spin.is_zero() {
+            let start = Instant::now();
+            while self.queued.load(Ordering::Acquire) == 0 && start.elapsed() < shared.spin {
+                std::hint::spin_loop();
+            }
+        }
+        let mut queue = self.queue.lock().unwrap();
+        loop {
+            if let Some(job) = queue.jobs.pop_front() {
+                self.queued.fetch_sub(1, Ordering::Release);
+                return Some(job);
+            }
+            if queue.shutdown {
+                return None;
+            }
+            queue = self.ready.wait(queue).unwrap();
+        }
+    }
+}
+
+fn worker(shared: &Arc<Shared>) {
+    let Engine::Threads(threads) = &shared.engine else {
+        unreachable!()
+    };
+    while let Some((index, generation)) = threads.next_job(shared) {
+        let (fd, desc, iov_ptr, iov_len) = {
+            let mut slot = shared.slots.lock(index);
+            if slot.generation != generation {
+                continue;
+            }
+            match &mut slot.state {
+                State::InFlight { started, .. } => *started = true,
+                State::Orphaned => {
+                    drop(slot);
+                    shared.slots.complete(index, generation, -libc::ECANCELED);
+                    continue;
+                }
+                other => unreachable!("queued job in slot state {other:?}"),
+            }
+            (
+                slot.fd,
+                slot.desc,
+                slot.iovecs.0.as_ptr(),
+                slot.iovecs.0.len(),
+            )
+        };
+        // SAFETY: the slot is InFlight or Orphaned with `started` set, so it keeps the
+        // buffers, iovecs and descriptor referred to by `desc` until `complete` below.
+        let res = unsafe { run(fd, desc, iov_ptr, iov_len) };
+        shared.slots.complete(index, generation, res);
+    }
+}
+
+/// Runs one operation with a blocking syscall. Returns the byte count or a negative errno.
+///
+/// # Safety
+/// The pointers in `desc` (and `iov`, `iov_len` for a vectored write) must be valid for the
+/// length they describe for the whole call, and `fd` must be open.
+unsafe fn run(fd: i32, desc: OpDesc, iov: *const libc::iovec, iov_len: usize) -> i32 {
+    loop {
+        let ret: i64 = match desc {
+            OpDesc::Nop => 0,
+            OpDesc::Write {
+                offset,
+                ptr,
+                len,
+                dsync,
+                ..
+            } => {
+                let iov = libc::iovec {
+                    iov_base: ptr as *mut _,
+                    iov_len: len as usize,
+                };
+                let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+                // SAFETY: the caller guarantees `ptr` is valid for `len` bytes.
+                unsafe { libc::pwritev2(fd, &iov, 1, offset as i64, flags) as i64 }
+            }
+            OpDesc::Read {
+                offset, ptr, len, ..
+            } => {
+                let iov = libc::iovec {
+                    iov_base: ptr.cast(),
+                    iov_len: len as usize,
+                };
+                // SAFETY: the caller guarantees `ptr` is valid and writable for `len` bytes.
+                unsafe { libc::preadv2(fd, &iov, 1, offset as i64, 0) as i64 }
+            }
+            OpDesc::Writev { offset, dsync } => {
+                let flags = if dsync { libc::RWF_DSYNC } else { 0 };
+                // SAFETY: the caller guarantees the iovecs and what they point to are valid.
+                unsafe { libc::pwritev2(fd, iov, iov_len as i32, offset as i64, flags) as i64 }
+            }
+            // SAFETY: plain syscalls on an open descriptor; no memory is passed.
+            OpDesc::Fsync { datasync: true } => unsafe { libc::fdatasync(fd) as i64 },
+            // SAFETY: as above.
+            OpDesc::Fsync { datasync: false } => unsafe { libc::fsync(fd) as i64 },
+            OpDesc::Fallocate { mode, offset, len } => {
+                // SAFETY: as above.
+                unsafe { libc::fallocate(fd, mode, offset as i64, len as i64) as i64 }
+            }
+            // SAFETY: as above.
+            OpDesc::Ftruncate { len } => unsafe { libc::ftruncate(fd, len as i64) as i64 },
+        };
+        if ret >= 0 {
+            return ret as i32;
+        }
+        let errno = io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EIO);
+        if errno != libc::EINTR {
+            return -errno;
+        }
+    }
+}

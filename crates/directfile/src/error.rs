@@ -1,0 +1,168 @@
+//! One error type for every operation, with a variant per thing a caller may want to branch on.
+
+use std::fmt;
+use std::io;
+use std::path::PathBuf;
+
+/// The result of a directfile operation.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The result of an operation that owned buffers: the buffers come back on success and on error.
+pub type BufResult<T, B> = (Result<T>, B);
+
+/// Everything that can go wrong.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Error {
+    /// The operating system refused or failed the operation (EIO, ENOSPC, EBADF, ...).
+    Io(io::Error),
+    /// A buffer address, file offset or length does not meet the file's direct-I/O alignment.
+    /// Nothing was submitted.
+    Misaligned {
+        /// `"offset"`, `"length"` or `"buffer address"`.
+        what: &'static str,
+        /// The value that was refused.
+        value: u64,
+        /// The alignment it must be a multiple of.
+        required: u64,
+    },
+    /// The operation was cancelled before it completed (its future was dropped, or the
+    /// driver withdrew it). Its buffer, if any, is safe: the kernel no longer owns it.
+    Canceled,
+    /// The driver was closed: no new operation is accepted.
+    Closed,
+    /// The file system under `path` does not do direct (unbuffered) I/O.
+    DirectIoUnsupported {
+        /// The file that was opened.
+        path: PathBuf,
+        /// Why we know (the OS error, or the file system we found).
+        reason: String,
+    },
+    /// Another handle holds the exclusive lock on `path`.
+    Locked {
+        /// The locked file.
+        path: PathBuf,
+    },
+    /// The requested backend or feature cannot work here; the text says why.
+    Unsupported(String),
+}
+
+impl Error {
+    /// The OS error code behind this error, if there is one.
+    pub fn raw_os_error(&self) -> Option<i32> {
+        match self {
+            Error::Io(e) => e.raw_os_error(),
+            Error::Canceled => Some(libc::ECANCELED),
+            _ => None,
+        }
+    }
+
+    /// Builds the error for a negative errno returned by a syscall or a completion.
+    pub(crate) fn from_errno(errno: i32) -> Error {
+        if errno == libc::ECANCELED {
+            Error::Canceled
+        } else {
+            Error::Io(io::Error::from_raw_os_error(errno))
+        }
+    }
+
+    /// The io::ErrorKind closest to this error.
+    pub fn kind(&self) -> io::ErrorKind {
+        match self {
+            Error::Io(e) => e.kind(),
+            Error::Misaligned { .. } => io::ErrorKind::InvalidInput,
+            Error::Canceled => io::ErrorKind::Interrupted,
+            Error::Closed => io::ErrorKind::BrokenPipe,
+            Error::DirectIoUnsupported { .. } | Error::Unsupported(_) => io::ErrorKind::Unsupported,
+            Error::Locked { .. } => io::ErrorKind::WouldBlock,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Io(e) => write!(f, "{e}"),
+            Error::Misaligned {
+                what,
+                value,
+                required,
+            } => write!(
+                f,
+                "{what} {value} is not a multiple of the file's direct-I/O alignment {required}"
+            ),
+            Error::Canceled => write!(f, "operation cancelled before it completed"),
+            Error::Closed => write!(f, "the directfile driver is closed"),
+            Error::DirectIoUnsupported { path, reason } => write!(
+                f,
+                "{}: this file system does not support direct I/O (O_DIRECT): {reason}; \
+                 put the file on a disk file system (ext4, xfs, btrfs), \
+                 or open it with direct(false) to accept buffered I/O",
+                path.display()
+            ),
+            Error::Locked { path } => {
+                write!(
+                    f,
+                    "{}: locked by another handle (exclusive flock)",
+                    path.display()
+                )
+            }
+            Error::Unsupported(why) => write!(f, "unsupported: {why}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Error::Io(e) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Error {
+        Error::Io(e)
+    }
+}
+
+impl From<Error> for io::Error {
+    fn from(e: Error) -> io::Error {
+        match e {
+            Error::Io(e) => e,
+            Error::Canceled => io::Error::from_raw_os_error(libc::ECANCELED),
+            other => io::Error::new(other.kind(), other.to_string()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn misaligned_message_names_value_and_requirement() {
+        let e = Error::Misaligned {
+            what: "offset",
+            value: 4097,
+            required: 512,
+        };
+        assert_eq!(
+            e.to_string(),
+            "offset 4097 is not a multiple of the file's direct-I/O alignment 512"
+        );
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn canceled_round_trips_through_errno() {
+        assert!(matches!(
+            Error::from_errno(libc::ECANCELED),
+            Error::Canceled
+        ));
+        let io: io::Error = Error::Canceled.into();
+        assert_eq!(io.raw_os_error(), Some(libc::ECANCELED));
+        assert_eq!(Error::from_errno(libc::EIO).raw_os_error(), Some(libc::EIO));
+    }
+}

@@ -1,0 +1,530 @@
+//! The public face: [`OpenOptions`] and [`File`].
+
+use crate::align::{self, Alignment, AlignmentSource};
+use crate::buf::AlignedBuf;
+use crate::driver::{Backend, Driver};
+use crate::op::slot::{OpBufs, OpDesc};
+use crate::op::Op;
+use crate::{sys, BufResult, Error, Result};
+use std::future::Future;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Options for opening a [`File`], like `std::fs::OpenOptions` plus the direct-I/O ones.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    read: bool,
+    write: bool,
+    create: bool,
+    create_new: bool,
+    truncate: bool,
+    direct: bool,
+    write_through: bool,
+    lock: bool,
+    preallocate: u64,
+    mode: u32,
+    driver: Option<Driver>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions::new()
+    }
+}
+
+impl OpenOptions {
+    /// All options off except `direct`.
+    pub fn new() -> OpenOptions {
+        OpenOptions {
+            read: false,
+            write: false,
+            create: false,
+            create_new: false,
+            truncate: false,
+            direct: true,
+            write_through: false,
+            lock: false,
+            preallocate: 0,
+            mode: 0o644,
+            driver: None,
+        }
+    }
+
+    /// Open for reading.
+    pub fn read(&mut self, yes: bool) -> &mut Self {
+        self.read = yes;
+        self
+    }
+
+    /// Open for writing.
+    pub fn write(&mut self, yes: bool) -> &mut Self {
+        self.write = yes;
+        self
+    }
+
+    /// Create the file if it does not exist.
+    pub fn create(&mut self, yes: bool) -> &mut Self {
+        self.create = yes;
+        self
+    }
+
+    /// Create the file, failing if it exists.
+    pub fn create_new(&mut self, yes: bool) -> &mut Self {
+        self.create_new = yes;
+        self
+    }
+
+    /// Truncate the file to 0 bytes on open.
+    pub fn truncate(&mut self, yes: bool) -> &mut Self {
+        self.truncate = yes;
+        self
+    }
+
+    /// Unbuffered I/O (`O_DIRECT`): data moves between your buffers and the device, not through
+    /// the page cache. On by default. A file system that cannot do it is an error, never a
+    /// silent fallback.
+    pub fn direct(&mut self, yes: bool) -> &mut Self {
+        self.direct = yes;
+        self
+    }
+
+    /// Write-through (`O_DSYNC`): a write completes only once its data (and the metadata needed
+    /// to read it back) is on stable storage, like `FILE_FLAG_WRITE_THROUGH`.
+    pub fn write_through(&mut self, yes: bool) -> &mut Self {
+        self.write_through = yes;
+        self
+    }
+
+    /// Take an exclusive lock (`flock(LOCK_EX | LOCK_NB)`) for the life of the file: a second
+    /// opener with `lock(true)` gets [`Error::Locked`].
+    pub fn lock(&mut self, yes: bool) -> &mut Self {
+        self.lock = yes;
+        self
+    }
+
+    /// Reserve `bytes` on the device at open (`fallocate(2)`, mode 0): the file is at least
+    /// that long afterwards and later writes inside it cannot fail for lack of space.
+    pub fn preallocate(&mut self, bytes: u64) -> &mut Self {
+        self.preallocate = bytes;
+        self
+    }
+
+    /// Permission bits for a created file (default 0o644).
+    pub fn mode(&mut self, mode: u32) -> &mut Self {
+        self.mode = mode;
+        self
+    }
+
+    /// The driver that carries this file's operations (default: [`Driver::global`]).
+    pub fn driver(&mut self, driver: &Driver) -> &mut Self {
+        self.driver = Some(driver.clone());
+        self
+    }
+
+    /// Opens the file (a blocking `open(2)`, like every file system's metadata operation).
+    ///
+    /// # Errors
+    /// The OS error of `open(2)`, `flock(2)` or `fallocate(2)` ([`Error::Io`]);
+    /// [`Error::DirectIoUnsupported`] on a file system without direct I/O (tmpfs);
+    /// [`Error::Locked`] when `lock(true)` and another handle holds the lock.
+    pub fn open(&self, path: impl AsRef<Path>) -> Result<File> {
+        let path = path.as_ref();
+        let mut flags = match (self.read, self.write) {
+            (true, true) => libc::O_RDWR,
+            (false, true) => libc::O_WRONLY,
+            _ => libc::O_RDONLY,
+        };
+        if self.create_new {
+            flags |= libc::O_CREAT | libc::O_EXCL;
+        } else if self.create {
+            flags |= libc::O_CREAT;
+        }
+        if self.truncate {
+            flags |= libc::O_TRUNC;
+        }
+        if self.direct {
+            flags |= libc::O_DIRECT;
+        }
+        if self.write_through {
+            // The real O_DSYNC bit (0o10000), not O_SYNC (0o4010000, which also flushes
+            // metadata such as timestamps on every write).
+            flags |= libc::O_DSYNC;
+        }
+        let driver = match &self.driver {
+            Some(d) => d.clone(),
+            None => Driver::global()?,
+        };
+        let with_path = |e: std::io::Error| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            ))
+        };
+        let fd = sys::open(path, flags, self.mode).map_err(|e| {
+            if e.raw_os_error() == Some(libc::EINVAL) && self.direct {
+                Error::DirectIoUnsupported {
+                    path: path.to_path_buf(),
+                    reason: format!("open(O_DIRECT) failed: {e}"),
+                }
+            } else {
+                with_path(e)
+            }
+        })?;
+        let (alignment, alignment_source) = if self.direct {
+            let magic = sys::fs_magic(fd.as_raw_fd()).map_err(with_path)?;
+            if let Some(name) = sys::buffered_only_fs_name(magic) {
+                return Err(Error::DirectIoUnsupported {
+                    path: path.to_path_buf(),
+                    reason: format!("it is on {name}, which serves O_DIRECT from memory"),
+                });
+            }
+            match align::discover(fd.as_raw_fd()).map_err(with_path)? {
+                Some(found) => found,
+                None => {
+                    return Err(Error::DirectIoUnsupported {
+                        path: path.to_path_buf(),
+                        reason: "statx reports no direct-I/O alignment for this file".into(),
+                    })
+                }
+            }
+        } else {
+            (Alignment::uniform(1), AlignmentSource::Default)
+        };
+        if self.lock {
+            sys::flock_exclusive(&fd).map_err(|e| {
+                if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                    Error::Locked {
+                        path: path.to_path_buf(),
+                    }
+                } else {
+                    with_path(e)
+                }
+            })?;
+        }
+        if self.preallocate > 0 {
+            sys::fallocate(fd.as_raw_fd(), 0, 0, self.preallocate).map_err(with_path)?;
+        }
+        Ok(File {
+            inner: Arc::new(FileInner {
+                fd: Arc::new(fd),
+                driver,
+                alignment,
+                alignment_source,
+                path: path.to_path_buf(),
+                write_through: self.write_through,
+            }),
+        })
+    }
+}
+
+struct FileInner {
+    fd: Arc<OwnedFd>,
+    driver: Driver,
+    alignment: Alignment,
+    alignment_source: AlignmentSource,
+    path: PathBuf,
+    write_through: bool,
+}
+
+/// An open file whose positional operations are futures completed by the driver.
+///
+/// Cheap to clone (the clones share the descriptor). Operations take owned buffers and give
+/// them back in their result. Dropping a future before it completes cancels the operation; the
+/// driver keeps the buffer until the kernel lets go of it. Dropping the `File` with operations
+/// in flight is safe: they hold the descriptor open until they finish.
+#[derive(Clone)]
+pub struct File {
+    inner: Arc<FileInner>,
+}
+
+impl std::fmt::Debug for File {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("File")
+            .field("path", &self.inner.path)
+            .field("alignment", &self.inner.alignment)
+            .field("backend", &self.inner.driver.backend())
+            .finish()
+    }
+}
+
+impl File {
+    /// Opens an existing file for reading, with direct I/O, on the global driver.
+    ///
+    /// # Errors
+    /// See [`OpenOptions::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<File> {
+        OpenOptions::new().read(true).open(path)
+    }
+
+    /// Creates (or truncates) a file for reading and writing, with direct I/O, on the global
+    /// driver.
+    ///
+    /// # Errors
+    /// See [`OpenOptions::open`].
+    pub fn create(path: impl AsRef<Path>) -> Result<File> {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+    }
+
+    /// The direct-I/O alignment of this file.
+    pub fn alignment(&self) -> Alignment {
+        self.inner.alignment
+    }
+
+    /// Where [`alignment`](File::alignment) came from.
+    pub fn alignment_source(&self) -> AlignmentSource {
+        self.inner.alignment_source
+    }
+
+    /// The path the file was opened with.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// The driver that carries this file's operations.
+    pub fn driver(&self) -> &Driver {
+        &self.inner.driver
+    }
+
+    /// The raw descriptor (for inspection; do not close it).
+    pub fn as_raw_fd(&self) -> RawFd {
+        self.inner.fd.as_raw_fd()
+    }
+
+    /// The file's length in bytes (`fstat(2)`).
+    ///
+    /// # Errors
+    /// The OS error of `fstat`.
+    pub fn len(&self) -> Result<u64> {
+        Ok(sys::fstat(self.as_raw_fd())?.st_size as u64)
+    }
+
+    /// Whether the file is empty.
+    ///
+    /// # Errors
+    /// The OS error of `fstat`.
+    pub fn is_empty(&self) -> Result<bool> {
+        Ok(self.len()? == 0)
+    }
+
+    /// A zeroed buffer suitable for this file: aligned, with capacity rounded up to a multiple
+    /// of the offset alignment. Its length is 0.
+    pub fn alloc_buf(&self, capacity: usize) -> AlignedBuf {
+        let a = self.inner.alignment;
+        AlignedBuf::new(a.round_up(capacity.max(1)), a.buffer_align())
+    }
+
+    fn op(&self, desc: OpDesc, bufs: OpBufs) -> Op {
+        Op::new(
+            self.inner.driver.clone(),
+            Arc::clone(&self.inner.fd),
+            desc,
+            bufs,
+        )
+    }
+
+    fn check_len(len: usize) -> Result<u32> {
+        u32::try_from(len).map_err(|_| {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "a single operation moves at most {} bytes, not {len}",
+                    u32::MAX
+                ),
+            ))
+        })
+    }
+
+    /// Writes `buf[..buf.len()]` at `offset` (`IORING_OP_WRITE`, `IORING_OP_WRITE_FIXED` for a
+    /// registered pool's buffer, or `pwritev2(2)` on the thread pool). Resolves to the number
+    /// of bytes written and the buffer.
+    ///
+    /// # Errors
+    /// [`Error::Misaligned`] (nothing submitted) when the buffer address, its length or the
+    /// offset is not aligned; the OS error of the write ([`Error::Io`]: ENOSPC, EIO, EBADF on a
+    /// read-only file...); [`Error::Canceled`]; [`Error::Closed`]. The buffer comes back in
+    /// every case.
+    pub fn write_at(
+        &self,
+        mut buf: AlignedBuf,
+        offset: u64,
+    ) -> impl Future<Output = BufResult<usize, AlignedBuf>> + Send + 'static {
+        let prepared = match self.check_buf(&mut buf, offset) {
+            Err(e) => Err((e, buf)),
+            Ok(len) => {
+                let desc = OpDesc::Write {
+                    offset,
+                    ptr: buf.as_mut_ptr(),
+                    len,
+                    fixed: buf.fixed_index(self.inner.driver.shared().id),
+                    dsync: self.inner.write_through,
+                };
+                Ok(self.op(desc, OpBufs::One(buf)))
+            }
+        };
+        async move {
+            match prepared {
+                Err((e, buf)) => (Err(e), buf),
+                Ok(op) => {
+                    let (res, bufs) = op.await;
+                    (res.map(|n| n as usize), bufs.into_one())
+                }
+            }
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` into `buf` (`IORING_OP_READ`, `READ_FIXED`, or
+    /// `preadv2(2)`). Resolves to the number of bytes read, which is less than asked at the end
+    /// of the file (0 at or past it); `buf.len()` is set to that number.
+    ///
+    /// # Errors
+    /// As [`write_at`](File::write_at). The buffer comes back in every case.
+    pub fn read_at(
+        &self,
+        mut buf: AlignedBuf,
+        offset: u64,
+    ) -> impl Future<Output = BufResult<usize, AlignedBuf>> + Send + 'static {
+        let prepared = match self.check_buf(&mut buf, offset) {
+            Err(e) => Err((e, buf)),
+            Ok(len) => {
+                let desc = OpDesc::Read {
+                    offset,
+                    ptr: buf.as_mut_ptr(),
+                    len,
+                    fixed: buf.fixed_index(self.inner.driver.shared().id),
+                };
+                Ok(self.op(desc, OpBufs::One(buf)))
+            }
+        };
+        async move {
+            match prepared {
+                Err((e, buf)) => (Err(e), buf),
+                Ok(op) => {
+                    let (res, bufs) = op.await;
+                    let mut buf = bufs.into_one();
+                    if let Ok(n) = res {
+                        buf.set_len(n as usize);
+                    }
+                    (res.map(|n| n as usize), buf)
+                }
+            }
+        }
+    }
+
+    /// Writes several buffers, one after the other, at `offset` in one operation
+    /// (`IORING_OP_WRITEV`, or `pwritev2(2)`). Each buffer must be aligned and hold a multiple
+    /// of the alignment. Resolves to the total bytes written and the buffers.
+    ///
+    /// # Errors
+    /// As [`write_at`](File::write_at); more buffers than the driver's `max_iovecs` is an
+    /// [`Error::Io`] of kind `InvalidInput`. The buffers come back in every case.
+    pub fn write_vectored_at(
+        &self,
+        mut bufs: Vec<AlignedBuf>,
+        offset: u64,
+    ) -> impl Future<Output = BufResult<usize, Vec<AlignedBuf>>> + Send + 'static {
+        let max = self.inner.driver.shared().slots.max_iovecs();
+        let mut check = || -> Result<()> {
+            if bufs.is_empty() || bufs.len() > max {
+                return Err(Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!(
+                        "a vectored write takes 1 to {max} buffers, not {}",
+                        bufs.len()
+                    ),
+                )));
+            }
+            let mut total = 0usize;
+            for b in bufs.iter_mut() {
+                total += self.check_buf(b, offset)? as usize;
+            }
+            File::check_len(total).map(drop)
+        };
+        let prepared = match check() {
+            Err(e) => Err((e, bufs)),
+            Ok(()) => {
+                let desc = OpDesc::Writev {
+                    offset,
+                    dsync: self.inner.write_through,
+                };
+                Ok(self.op(desc, OpBufs::Many(bufs)))
+            }
+        };
+        async move {
+            match prepared {
+                Err((e, bufs)) => (Err(e), bufs),
+                Ok(op) => {
+                    let (res, bufs) = op.await;
+                    (res.map(|n| n as usize), bufs.into_many())
+                }
+            }
+        }
+    }
+
+    /// Flushes the file's data (and the metadata needed to read it) to the device
+    /// (`IORING_OP_FSYNC` with `DATASYNC`, or `fdatasync(2)`).
+    ///
+    /// # Errors
+    /// The OS error (EIO...). After a failed sync the state of the written data is unknown:
+    /// do not retry and assume success.
+    pub fn sync_data(&self) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.unit_op(OpDesc::Fsync { datasync: true })
+    }
+
+    /// Flushes the file's data and all its metadata (`IORING_OP_FSYNC`, or `fsync(2)`).
+    ///
+    /// # Errors
+    /// As [`sync_data`](File::sync_data).
+    pub fn sync_all(&self) -> impl Future<Output = Result<()>> + Send + 'static {
+        self.unit_op(OpDesc::Fsync { datasync: false })
+    }
+
+    /// Reserves space for `len` bytes at `offset` (`IORING_OP_FALLOCATE`, mode 0: the file
+    /// grows if the range ends past it).
+    ///
+    /// # Errors
+    /// The OS error (ENOSPC, EOPNOTSUPP...).
+    pub fn allocate(&self, offset: u64, len: u64) -> impl Future<Output = Result<()>> + Send {
+        self.unit_op(OpDesc::Fallocate {
+            mode: 0,
+            offset,
+            len,
+        })
+    }
+
+    /// Truncates or extends the file to `len` bytes (`IORING_OP_FTRUNCATE` on Linux 6.9+,
+    /// else `ftruncate(2)` on the calling thread, or on the thread pool).
+    ///
+    /// # Errors
+    /// The OS error.
+    pub fn set_len(&self, len: u64) -> impl Future<Output = Result<()>> + Send + 'static {
+        let inline =
+            self.inner.driver.backend() == Backend::Uring && !self.inner.driver.has_ftruncate_op();
+        let fd = Arc::clone(&self.inner.fd);
+        let op = (!inline).then(|| self.unit_op(OpDesc::Ftruncate { len }));
+        async move {
+            match op {
+                Some(op) => op.await,
+                None => sys::ftruncate(fd.as_raw_fd(), len).map_err(Error::Io),
+            }
+        }
+    }
+
+    fn unit_op(&self, desc: OpDesc) -> impl Future<Output = Result<()>> + Send + 'static {
+        let op = self.op(desc, OpBufs::None);
+        async move { op.await.0.map(drop) }
+    }
+
+    /// Checks a buffer and offset against the file's alignment; returns the length.
+    fn check_buf(&self, buf: &mut AlignedBuf, offset: u64) -> Result<u32> {
+        self.inner
+            .alignment
+            .check_request(buf.as_mut_ptr() as usize, buf.len(), offset)?;
+        File::check_len(buf.len())
+    }
+}

@@ -1,0 +1,187 @@
+//! The operation future: acquire a slot, submit, and take the result back.
+//!
+//! One `Op` covers the three cases of every call:
+//! - **completed at once**: the completion is already recorded when the future first looks
+//!   (the kernel finished inline, or a spin found it): it returns `Ready` and never clones the
+//!   waker;
+//! - **failed at once**: the driver refused the submission: the error comes back with the
+//!   buffers and the slot is freed;
+//! - **pending**: the waker is recorded in the slot and the driver wakes it on completion.
+
+#![allow(unsafe_code)]
+
+pub(crate) mod slot;
+
+use crate::driver::Driver;
+use crate::{Error, Result};
+use slot::{OpBufs, OpDesc, Slots};
+use std::future::Future;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+enum OpState {
+    Unsubmitted {
+        file: Arc<OwnedFd>,
+        desc: OpDesc,
+        bufs: OpBufs,
+        queued: bool,
+    },
+    Submitted {
+        index: u32,
+        generation: u32,
+    },
+    Done,
+}
+
+/// A submitted (or about to be submitted) operation. Resolves to the kernel's result (a byte
+/// count, or an error) and the operation's buffers.
+pub(crate) struct Op {
+    driver: Driver,
+    state: OpState,
+}
+
+// The raw pointers in `OpDesc` point into the buffers the Op owns (heap memory that does not
+// move with the Op); they are only dereferenced by the driver while a slot owns those buffers.
+// SAFETY: see above; every other field is Send.
+unsafe impl Send for Op {}
+
+impl Op {
+    pub(crate) fn new(driver: Driver, file: Arc<OwnedFd>, desc: OpDesc, bufs: OpBufs) -> Op {
+        Op {
+            driver,
+            state: OpState::Unsubmitted {
+                file,
+                desc,
+                bufs,
+                queued: false,
+            },
+        }
+    }
+
+    /// Tries to submit. `Ready(Err)` is the failed-at-once case; `Ready(Ok)` means submitted.
+    fn poll_submit(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Error, OpBufs)>> {
+        let shared = self.driver.shared();
+        let OpState::Unsubmitted { queued, .. } = &mut self.state else {
+            unreachable!()
+        };
+        if shared.is_closed() {
+            let OpState::Unsubmitted { bufs, .. } =
+                std::mem::replace(&mut self.state, OpState::Done)
+            else {
+                unreachable!()
+            };
+            return Poll::Ready(Some((Error::Closed, bufs)));
+        }
+        let index = match shared.slots.poll_acquire(cx) {
+            Poll::Ready(index) => index,
+            Poll::Pending => {
+                *queued = true;
+                return Poll::Pending;
+            }
+        };
+        let OpState::Unsubmitted {
+            file, desc, bufs, ..
+        } = std::mem::replace(&mut self.state, OpState::Done)
+        else {
+            unreachable!()
+        };
+        let submission = {
+            let mut slot = shared.slots.lock(index);
+            let fd = file.as_raw_fd();
+            let generation = Slots::arm(&mut slot, fd, desc, bufs, file);
+            if let OpDesc::Writev { .. } = desc {
+                let slot = &mut *slot;
+                if let OpBufs::Many(bufs) = &mut slot.bufs {
+                    debug_assert!(bufs.len() <= slot.iovecs.0.capacity());
+                    for b in bufs.iter_mut() {
+                        let len = b.len();
+                        slot.iovecs.0.push(libc::iovec {
+                            iov_base: b.as_mut_ptr().cast(),
+                            iov_len: len,
+                        });
+                    }
+                }
+            }
+            shared.engine.prepare(&slot, index, generation)
+        };
+        let generation = submission.generation();
+        match shared.engine.submit(shared, submission) {
+            Ok(()) => {
+                self.state = OpState::Submitted { index, generation };
+                Poll::Ready(None)
+            }
+            Err(e) => {
+                let bufs = shared.slots.unsubmit(index);
+                Poll::Ready(Some((e, bufs)))
+            }
+        }
+    }
+}
+
+impl Future for Op {
+    type Output = (Result<i32>, OpBufs);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let OpState::Unsubmitted { .. } = this.state {
+            match this.poll_submit(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Some((e, bufs))) => return Poll::Ready((Err(e), bufs)),
+                Poll::Ready(None) => {}
+            }
+        }
+        let OpState::Submitted { index, generation } = this.state else {
+            panic!("Op polled after completion");
+        };
+        let shared = this.driver.shared();
+        // Reap whatever the kernel has finished, on this thread: cheaper than any wake-up.
+        shared.engine.reap(shared);
+        let mut done = shared.slots.take_or_register(index, generation, None);
+        // At queue depth 1 nothing else can make progress: wait for the completion on this
+        // thread for a short while rather than pay two thread wake-ups.
+        if done.is_none() && !shared.spin.is_zero() && shared.slots.in_flight() == 1 {
+            let start = Instant::now();
+            while done.is_none() && start.elapsed() < shared.spin {
+                std::hint::spin_loop();
+                shared.engine.reap(shared);
+                done = shared.slots.take_or_register(index, generation, None);
+            }
+        }
+        let done = match done {
+            Some(d) => Some(d),
+            None => shared
+                .slots
+                .take_or_register(index, generation, Some(cx.waker())),
+        };
+        match done {
+            Some(f) => {
+                this.state = OpState::Done;
+                let res = if f.res < 0 {
+                    Err(Error::from_errno(-f.res))
+                } else {
+                    Ok(f.res)
+                };
+                Poll::Ready((res, f.bufs))
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl Drop for Op {
+    fn drop(&mut self) {
+        match std::mem::replace(&mut self.state, OpState::Done) {
+            OpState::Submitted { index, generation } => {
+                let shared = self.driver.shared();
+                if shared.slots.abandon(index, generation) {
+                    shared.engine.cancel(shared, index, generation);
+                }
+            }
+            OpState::Unsubmitted { queued: true, .. } => self.driver.shared().slots.pass_wakeup(),
+            OpState::Unsubmitted { .. } | OpState::Done => {}
+        }
+    }
+}

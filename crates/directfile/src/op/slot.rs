@@ -1,0 +1,441 @@
+//! The fixed table of operation slots: the state machine shared by the future that started an
+//! operation and the driver that completes it.
+//!
+//! ```text
+//!            acquire             completion               future takes result
+//!   Free ─────────────▶ InFlight ──────────▶ Completed ─────────────────────────▶ Free
+//!                          │
+//!                          │ future dropped (cancel sent)       completion arrives
+//!                          └────────────────▶ Orphaned ────────────────────────────▶ Free
+//! ```
+//!
+//! While a slot is `InFlight` or `Orphaned` it owns the operation's buffers and a reference to
+//! the file descriptor, so the memory and the descriptor the kernel (or a worker thread) uses
+//! stay valid until the completion is recorded, whatever the future does. The generation
+//! counter, carried in each submission's `user_data`, makes a stale completion detectable.
+//! Nothing here allocates after [`Slots::new`]: the waiter queue only grows to the largest
+//! number of tasks that ever waited at once.
+#![allow(unsafe_code)]
+
+use crate::buf::AlignedBuf;
+use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
+use std::collections::VecDeque;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+
+/// What an operation does, in the terms both drivers need.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum OpDesc {
+    Nop,
+    Write {
+        offset: u64,
+        ptr: *const u8,
+        len: u32,
+        fixed: Option<u16>,
+        dsync: bool,
+    },
+    Read {
+        offset: u64,
+        ptr: *mut u8,
+        len: u32,
+        fixed: Option<u16>,
+    },
+    /// The iovecs are in the slot's `iovecs`.
+    Writev {
+        offset: u64,
+        dsync: bool,
+    },
+    Fsync {
+        datasync: bool,
+    },
+    Fallocate {
+        mode: i32,
+        offset: u64,
+        len: u64,
+    },
+    Ftruncate {
+        len: u64,
+    },
+}
+
+/// The buffers an operation owns while it is in flight.
+#[derive(Debug, Default)]
+pub(crate) enum OpBufs {
+    #[default]
+    None,
+    One(AlignedBuf),
+    Many(Vec<AlignedBuf>),
+}
+
+impl OpBufs {
+    pub(crate) fn into_one(self) -> AlignedBuf {
+        match self {
+            OpBufs::One(b) => b,
+            other => unreachable!("expected one buffer, got {other:?}"),
+        }
+    }
+
+    pub(crate) fn into_many(self) -> Vec<AlignedBuf> {
+        match self {
+            OpBufs::Many(b) => b,
+            other => unreachable!("expected a buffer list, got {other:?}"),
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) enum State {
+    Free,
+    /// Submitted; `waker` is set once the future has polled and found it not complete.
+    /// `started` is set by a thread-pool worker that took the job (it can no longer be
+    /// withdrawn).
+    InFlight {
+        waker: Option<Waker>,
+        started: bool,
+    },
+    /// The result (a byte count or a negative errno), waiting for the future to take it.
+    Completed(i32),
+    /// The future was dropped: the slot waits for the completion to free itself.
+    Orphaned,
+}
+
+/// iovec storage that is made once per slot and never reallocated, so pointers into it stay
+/// valid for the kernel while the slot is in flight.
+pub(crate) struct IoVecs(pub(crate) Vec<libc::iovec>);
+
+// SAFETY: the iovecs point into buffers owned by the same slot; they are only dereferenced by
+// the kernel or a worker while the slot (behind its mutex) keeps those buffers alive.
+unsafe impl Send for IoVecs {}
+
+/// One slot's contents, behind the slot's mutex.
+pub(crate) struct SlotInner {
+    pub(crate) generation: u32,
+    pub(crate) state: State,
+    pub(crate) fd: RawFd,
+    pub(crate) desc: OpDesc,
+    pub(crate) bufs: OpBufs,
+    /// Keeps the descriptor open while the operation may still use it.
+    pub(crate) file: Option<Arc<OwnedFd>>,
+    pub(crate) iovecs: IoVecs,
+}
+
+// SAFETY: the raw pointers in `desc` point into `bufs`, which the slot owns and which are Send;
+// they are only used while the slot keeps those buffers.
+unsafe impl Send for SlotInner {}
+
+struct FreeList {
+    free: Vec<u32>,
+    waiters: VecDeque<Waker>,
+}
+
+/// The table of slots and the list of free ones.
+pub(crate) struct Slots {
+    slots: Box<[Mutex<SlotInner>]>,
+    free: Mutex<FreeList>,
+    in_flight: AtomicUsize,
+    max_iovecs: usize,
+}
+
+/// The taken-back end of an operation: its result and its buffers.
+pub(crate) struct Finished {
+    pub(crate) res: i32,
+    pub(crate) bufs: OpBufs,
+}
+
+impl Slots {
+    pub(crate) fn new(count: usize, max_iovecs: usize) -> Slots {
+        assert!(count > 0 && count <= u32::MAX as usize);
+        let slots = (0..count)
+            .map(|_| {
+                Mutex::new(SlotInner {
+                    generation: 0,
+                    state: State::Free,
+                    fd: -1,
+                    desc: OpDesc::Nop,
+                    bufs: OpBufs::None,
+                    file: None,
+                    iovecs: IoVecs(Vec::with_capacity(max_iovecs)),
+                })
+            })
+            .collect();
+        Slots {
+            slots,
+            free: Mutex::new(FreeList {
+                free: (0..count as u32).rev().collect(),
+                waiters: VecDeque::with_capacity(count),
+            }),
+            in_flight: AtomicUsize::new(0),
+            max_iovecs,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.slots.len()
+    }
+
+    pub(crate) fn max_iovecs(&self) -> usize {
+        self.max_iovecs
+    }
+
+    /// Slots not free (in flight, completed but not taken, or orphaned).
+    pub(crate) fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn lock(&self, index: u32) -> MutexGuard<'_, SlotInner> {
+        self.slots[index as usize].lock().unwrap()
+    }
+
+    /// A free slot, or `Pending` with the task queued to be woken when one is released
+    /// (backpressure: no allocation, no failure).
+    pub(crate) fn poll_acquire(&self, cx: &mut Context<'_>) -> Poll<u32> {
+        let mut list = self.free.lock().unwrap();
+        match list.free.pop() {
+            Some(index) => {
+                self.in_flight.fetch_add(1, Ordering::AcqRel);
+                Poll::Ready(index)
+            }
+            None => {
+                if !list.waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                    list.waiters.push_back(cx.waker().clone());
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Returns a slot to the free list (its state must already be `Free`) and wakes one
+    /// task waiting for a slot.
+    pub(crate) fn release(&self, index: u32) {
+        let waiter = {
+            let mut list = self.free.lock().unwrap();
+            list.free.push(index);
+            self.in_flight.fetch_sub(1, Ordering::AcqRel);
+            list.waiters.pop_front()
+        };
+        if let Some(w) = waiter {
+            w.wake();
+        }
+    }
+
+    /// Passes a slot wake-up on to the next waiter: called by a future that was queued for a
+    /// slot and is dropped, since it may have consumed the wake-up meant for a free slot.
+    pub(crate) fn pass_wakeup(&self) {
+        let waiter = {
+            let mut list = self.free.lock().unwrap();
+            if list.free.is_empty() {
+                // No slot to hand out: the next release wakes a waiter anyway.
+                return;
+            }
+            list.waiters.pop_front()
+        };
+        if let Some(w) = waiter {
+            w.wake();
+        }
+    }
+
+    /// Resets an acquired slot's contents for a new operation. Returns its generation.
+    pub(crate) fn arm(
+        slot: &mut SlotInner,
+        fd: RawFd,
+        desc: OpDesc,
+        bufs: OpBufs,
+        file: Arc<OwnedFd>,
+    ) -> u32 {
+        debug_assert!(matches!(slot.state, State::Free));
+        slot.state = State::InFlight {
+            waker: None,
+            started: false,
+        };
+        slot.fd = fd;
+        slot.desc = desc;
+        slot.bufs = bufs;
+        slot.file = Some(file);
+        slot.generation
+    }
+
+    /// Empties a slot whose operation is over and makes it `Free` (the caller then releases
+    /// it). Returns the buffers and the file reference, to be dropped outside the lock.
+    pub(crate) fn disarm(slot: &mut SlotInner) -> (OpBufs, Option<Arc<OwnedFd>>) {
+        slot.state = State::Free;
+        slot.generation = slot.generation.wrapping_add(1);
+        slot.desc = OpDesc::Nop;
+        slot.iovecs.0.clear();
+        (std::mem::take(&mut slot.bufs), slot.file.take())
+    }
+
+    /// Records the completion `res` of the operation `(index, generation)`: wakes its future,
+    /// or frees the slot if the future is gone. Stale completions are ignored.
+    pub(crate) fn complete(&self, index: u32, generation: u32, res: i32) {
+        let mut slot = self.lock(index);
+        if slot.generation != generation {
+            debug_assert!(false, "stale completion for slot {index}");
+            return;
+        }
+        match std::mem::replace(&mut slot.state, State::Completed(res)) {
+            State::InFlight { waker, .. } => {
+                drop(slot);
+                if let Some(w) = waker {
+                    w.wake();
+                }
+            }
+            State::Orphaned => {
+                let (bufs, file) = Slots::disarm(&mut slot);
+                drop(slot);
+                // The buffers return to their pool (or are freed) only now that the kernel is
+                // done with them.
+                drop(bufs);
+                drop(file);
+                self.release(index);
+            }
+            other => {
+                slot.state = other;
+                debug_assert!(
+                    false,
+                    "completion for slot {index} in state {:?}",
+                    slot.state
+                );
+            }
+        }
+    }
+
+    /// The future's side: takes the result if the operation is complete, else records the
+    /// waker (when given) and returns `None`.
+    pub(crate) fn take_or_register(
+        &self,
+        index: u32,
+        generation: u32,
+        waker: Option<&Waker>,
+    ) -> Option<Finished> {
+        let mut slot = self.lock(index);
+        debug_assert_eq!(slot.generation, generation);
+        match &mut slot.state {
+            State::Completed(res) => {
+                let res = *res;
+                let (bufs, file) = Slots::disarm(&mut slot);
+                drop(slot);
+                drop(file);
+                self.release(index);
+                Some(Finished { res, bufs })
+            }
+            State::InFlight {
+                waker: registered, ..
+            } => {
+                if let Some(w) = waker {
+                    match registered {
+                        Some(r) if r.will_wake(w) => {}
+                        _ => *registered = Some(w.clone()),
+                    }
+                }
+                None
+            }
+            State::Free | State::Orphaned => unreachable!("slot {index} taken twice"),
+        }
+    }
+
+    /// The future's side when it is dropped before taking its result. Returns `true` when the
+    /// operation is still in flight and must be cancelled (the slot is now `Orphaned`).
+    pub(crate) fn abandon(&self, index: u32, generation: u32) -> bool {
+        let mut slot = self.lock(index);
+        debug_assert_eq!(slot.generation, generation);
+        match slot.state {
+            State::Completed(_) => {
+                let (bufs, file) = Slots::disarm(&mut slot);
+                drop(slot);
+                drop(bufs);
+                drop(file);
+                self.release(index);
+                false
+            }
+            State::InFlight { .. } => {
+                slot.state = State::Orphaned;
+                true
+            }
+            State::Free | State::Orphaned => unreachable!("slot {index} abandoned twice"),
+        }
+    }
+
+    /// Takes back an operation that could not be submitted at all ("failed at once").
+    pub(crate) fn unsubmit(&self, index: u32) -> OpBufs {
+        let mut slot = self.lock(index);
+        let (bufs, file) = Slots::disarm(&mut slot);
+        drop(slot);
+        drop(file);
+        self.release(index);
+        bufs
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    fn fd() -> Arc<OwnedFd> {
+        Arc::new(std::io::stdin().as_fd().try_clone_to_owned().unwrap())
+    }
+
+    fn noop_cx() -> Context<'static> {
+        Context::from_waker(Waker::noop())
+    }
+
+    #[test]
+    fn complete_then_take() {
+        let slots = Slots::new(2, 4);
+        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx()) else {
+            panic!()
+        };
+        let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, OpBufs::None, fd());
+        assert!(slots.take_or_register(i, g, None).is_none());
+        slots.complete(i, g, 7);
+        let f = slots.take_or_register(i, g, None).unwrap();
+        assert_eq!(f.res, 7);
+        assert_eq!(slots.in_flight(), 0);
+        assert_eq!(slots.lock(i).generation, g + 1);
+    }
+
+    #[test]
+    fn orphan_frees_on_completion_and_returns_buffer() {
+        let slots = Slots::new(1, 4);
+        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx()) else {
+            panic!()
+        };
+        let pool = crate::BufPool::unregistered(1, 512, 512);
+        let buf = pool.try_get().unwrap();
+        let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, OpBufs::One(buf), fd());
+        assert!(slots.abandon(i, g));
+        // The kernel still owns the buffer: it must not be back in the pool yet.
+        assert_eq!(pool.available(), 0);
+        assert_eq!(slots.in_flight(), 1);
+        slots.complete(i, g, -libc::ECANCELED);
+        assert_eq!(pool.available(), 1);
+        assert_eq!(slots.in_flight(), 0);
+    }
+
+    #[test]
+    fn full_table_queues_waiters_and_release_wakes_one() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let count = Arc::new(Count(AtomicUsize::new(0)));
+        let waker = Waker::from(count.clone());
+        let slots = Slots::new(1, 4);
+        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx()) else {
+            panic!()
+        };
+        assert!(slots
+            .poll_acquire(&mut Context::from_waker(&waker))
+            .is_pending());
+        let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, OpBufs::None, fd());
+        slots.complete(i, g, 0);
+        assert_eq!(count.0.load(Ordering::SeqCst), 0);
+        slots.take_or_register(i, g, None).unwrap();
+        assert_eq!(count.0.load(Ordering::SeqCst), 1);
+        assert!(slots.poll_acquire(&mut noop_cx()).is_ready());
+    }
+}

@@ -1,0 +1,296 @@
+//! The file API, on every driver, against real files on a real disk.
+
+mod common;
+
+use common::{drivers, scratch_dir};
+use directfile::{Backend, Driver, Error, File, OpenOptions};
+use futures::executor::block_on;
+
+fn open_rw(driver: &Driver, path: &std::path::Path) -> File {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .driver(driver)
+        .open(path)
+        .unwrap()
+}
+
+#[test]
+fn write_then_read_back() {
+    for driver in drivers() {
+        let dir = scratch_dir("rw");
+        let file = open_rw(&driver, &dir.join("f"));
+        let a = file.alignment().offset;
+        let mut buf = file.alloc_buf(4 * a);
+        for i in 0..4 * a {
+            buf.extend_from_slice(&[(i % 251) as u8]);
+        }
+        block_on(async {
+            let (n, buf) = file.write_at(buf, a as u64).await;
+            assert_eq!(n.unwrap(), 4 * a, "{}", driver.backend());
+            let mut back = file.alloc_buf(4 * a);
+            back.set_len(4 * a);
+            let (n, back) = file.read_at(back, a as u64).await;
+            assert_eq!(n.unwrap(), 4 * a);
+            assert_eq!(&back[..], &buf[..]);
+        });
+        assert_eq!(file.len().unwrap(), 5 * a as u64);
+        assert_eq!(driver.in_flight(), 0);
+    }
+}
+
+#[test]
+fn read_at_end_of_file_is_short_not_an_error() {
+    for driver in drivers() {
+        let dir = scratch_dir("eof");
+        let file = open_rw(&driver, &dir.join("f"));
+        let a = file.alignment().offset;
+        let mut buf = file.alloc_buf(a);
+        buf.set_len(a);
+        block_on(async {
+            let (n, buf) = file.write_at(buf, 0).await;
+            n.unwrap();
+            let mut big = file.alloc_buf(4 * a);
+            big.set_len(4 * a);
+            let (n, big) = file.read_at(big, 0).await;
+            assert_eq!(n.unwrap(), a, "short read at EOF on {}", driver.backend());
+            assert_eq!(big.len(), a);
+            let (n, past) = file.read_at(buf, 8 * a as u64).await;
+            assert_eq!(n.unwrap(), 0);
+            assert_eq!(past.len(), 0);
+        });
+    }
+}
+
+#[test]
+fn vectored_write_is_one_operation_over_several_buffers() {
+    for driver in drivers() {
+        let dir = scratch_dir("writev");
+        let file = open_rw(&driver, &dir.join("f"));
+        let a = file.alignment().offset;
+        let bufs: Vec<_> = (0..3u8)
+            .map(|i| {
+                let mut b = file.alloc_buf(a);
+                b.extend_from_slice(&vec![i + 1; a]);
+                b
+            })
+            .collect();
+        block_on(async {
+            let (n, bufs) = file.write_vectored_at(bufs, 0).await;
+            assert_eq!(n.unwrap(), 3 * a);
+            assert_eq!(bufs.len(), 3);
+            let mut back = file.alloc_buf(3 * a);
+            back.set_len(3 * a);
+            let (_, back) = file.read_at(back, 0).await;
+            for i in 0..3 {
+                assert!(back[i * a..(i + 1) * a].iter().all(|&b| b == i as u8 + 1));
+            }
+        });
+    }
+}
+
+#[test]
+fn sync_allocate_and_set_len() {
+    for driver in drivers() {
+        let dir = scratch_dir("meta");
+        let file = open_rw(&driver, &dir.join("f"));
+        block_on(async {
+            file.allocate(0, 1 << 20).await.unwrap();
+            assert_eq!(file.len().unwrap(), 1 << 20);
+            file.set_len(8192).await.unwrap();
+            assert_eq!(file.len().unwrap(), 8192);
+            file.sync_data().await.unwrap();
+            file.sync_all().await.unwrap();
+        });
+    }
+}
+
+#[test]
+fn misaligned_requests_are_refused_before_submission() {
+    for driver in drivers() {
+        let dir = scratch_dir("misaligned");
+        let file = open_rw(&driver, &dir.join("f"));
+        let a = file.alignment().offset;
+        block_on(async {
+            let mut buf = file.alloc_buf(a);
+            buf.set_len(a);
+            let (r, buf) = file.write_at(buf, 1).await;
+            match r {
+                Err(Error::Misaligned {
+                    what: "offset",
+                    value: 1,
+                    required,
+                }) => {
+                    assert_eq!(required, a as u64)
+                }
+                other => panic!("expected misaligned offset, got {other:?}"),
+            }
+            let mut buf = buf;
+            buf.set_len(a - 1);
+            let (r, _buf) = file.write_at(buf, 0).await;
+            let e = r.unwrap_err();
+            assert!(matches!(e, Error::Misaligned { what: "length", .. }), "{e}");
+            assert!(e
+                .to_string()
+                .contains("not a multiple of the file's direct-I/O alignment"));
+            // An unaligned buffer address: a plain buffer offset by one byte of a bigger one is
+            // not possible with AlignedBuf, so use a buffer whose alignment is too small.
+            if file.alignment().memory > 1 {
+                let mut small = directfile::AlignedBuf::new(2 * a, 1);
+                small.set_len(a);
+                let (r, _) = file.write_at(small, 0).await;
+                // The allocator may still hand out an aligned address; only check the error
+                // kind when it is refused.
+                if let Err(e) = r {
+                    assert!(
+                        matches!(
+                            e,
+                            Error::Misaligned {
+                                what: "buffer address",
+                                ..
+                            }
+                        ),
+                        "{e}"
+                    );
+                }
+            }
+        });
+        assert_eq!(driver.in_flight(), 0);
+        assert_eq!(file.len().unwrap(), 0, "nothing reached the file");
+    }
+}
+
+#[test]
+fn write_to_read_only_file_fails_with_the_os_error_and_returns_the_buffer() {
+    for driver in drivers() {
+        let dir = scratch_dir("ro");
+        let path = dir.join("f");
+        drop(open_rw(&driver, &path));
+        let file = OpenOptions::new()
+            .read(true)
+            .driver(&driver)
+            .open(&path)
+            .unwrap();
+        let mut buf = file.alloc_buf(4096);
+        buf.extend_from_slice(&[1; 4096]);
+        let (r, buf) = block_on(file.write_at(buf, 0));
+        assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EBADF));
+        assert_eq!(buf.len(), 4096);
+        assert_eq!(driver.in_flight(), 0, "the slot was freed");
+    }
+}
+
+#[test]
+fn second_locked_open_is_refused() {
+    for driver in drivers() {
+        let dir = scratch_dir("lock");
+        let path = dir.join("f");
+        let mut opts = OpenOptions::new();
+        opts.read(true)
+            .write(true)
+            .create(true)
+            .lock(true)
+            .driver(&driver);
+        let first = opts.open(&path).unwrap();
+        let err = opts.open(&path).unwrap_err();
+        assert!(matches!(err, Error::Locked { .. }), "{err}");
+        assert!(
+            err.to_string().contains("locked by another handle"),
+            "{err}"
+        );
+        drop(first);
+        opts.open(&path).unwrap();
+    }
+}
+
+#[test]
+fn write_through_sets_o_dsync_not_o_sync() {
+    let dir = scratch_dir("dsync");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .write_through(true)
+        .open(dir.join("f"))
+        .unwrap();
+    let flags = directfile::sys::fdinfo_flags(file.as_raw_fd()).unwrap();
+    assert_ne!(flags & libc::O_DSYNC, 0, "O_DSYNC set: {flags:o}");
+    assert_eq!(
+        flags & libc::O_SYNC,
+        libc::O_DSYNC,
+        "O_SYNC's extra bit is not set: {flags:o}"
+    );
+    assert_ne!(flags & libc::O_DIRECT, 0, "O_DIRECT set: {flags:o}");
+}
+
+#[test]
+fn tmpfs_is_refused_with_the_path_and_the_remedy() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("skipping: no /dev/shm (tmpfs) on this machine");
+        return;
+    }
+    let path = shm.join(format!("directfile-test-{}", std::process::id()));
+    let err = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .open(&path)
+        .unwrap_err();
+    let _ = std::fs::remove_file(&path);
+    assert!(matches!(err, Error::DirectIoUnsupported { .. }), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&path.display().to_string()), "{msg}");
+    assert!(
+        msg.contains("ext4") && msg.contains("direct(false)"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn closed_driver_refuses_new_operations() {
+    for driver in drivers() {
+        let dir = scratch_dir("closed");
+        let file = open_rw(&driver, &dir.join("f"));
+        driver.close();
+        let mut buf = file.alloc_buf(4096);
+        buf.set_len(4096);
+        let (r, buf) = block_on(file.write_at(buf, 0));
+        assert!(matches!(r, Err(Error::Closed)));
+        assert_eq!(buf.len(), 4096);
+        assert!(matches!(block_on(file.sync_data()), Err(Error::Closed)));
+    }
+}
+
+#[test]
+fn buffer_pool_is_registered_on_uring_and_used_on_both() {
+    for driver in drivers() {
+        let dir = scratch_dir("pool");
+        let file = open_rw(&driver, &dir.join("f"));
+        let pool = driver.buf_pool(4, 8192, 4096);
+        assert_eq!(pool.is_registered(), driver.backend() == Backend::Uring);
+        block_on(async {
+            let mut buf = pool.get().await;
+            buf.extend_from_slice(&[9; 8192]);
+            let (n, buf) = file.write_at(buf, 0).await;
+            assert_eq!(n.unwrap(), 8192);
+            drop(buf);
+            let mut back = pool.get().await;
+            back.set_len(8192);
+            let (n, back) = file.read_at(back, 0).await;
+            assert_eq!(n.unwrap(), 8192);
+            assert!(back.iter().all(|&b| b == 9));
+        });
+        assert_eq!(pool.available(), 4);
+    }
+}
+
+#[test]
+fn backend_reports_itself() {
+    for driver in drivers() {
+        assert!(!driver.backend_reason().is_empty());
+        let name = driver.backend().to_string();
+        assert!(name == "uring" || name == "threads");
+    }
+}
