@@ -39,6 +39,7 @@ use std::thread::JoinHandle;
 use crate::format::{self, BatchHeader, SegmentHeader, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES};
 use crate::recovery::{self, RecoveryMode, RecoveryReport, SegmentReport};
 use crate::storage::{IoBuffer, Storage};
+use crate::DirectFileStorage;
 use crate::{Error, Lsn, Result};
 
 /// How a journal is laid out and recovered.
@@ -157,7 +158,7 @@ struct Shared<S: Storage> {
 }
 
 /// A durable group-commit journal over a [`Storage`].
-pub struct Journal<S: Storage> {
+pub struct Journal<S: Storage = DirectFileStorage> {
     shared: Arc<Shared<S>>,
     io_thread: Option<JoinHandle<()>>,
     maintenance_thread: Option<JoinHandle<()>>,
@@ -256,6 +257,21 @@ fn segment_header(config: &Config, number: u64, first_lsn: u64) -> SegmentHeader
         first_lsn,
         batch_bytes_max: config.batch_bytes_max as u32,
         batches_in_flight_max: config.batches_in_flight_max as u32,
+    }
+}
+
+impl Journal<DirectFileStorage> {
+    /// Opens (or creates) the journal in directory `dir` on `directfile` (O_DIRECT,
+    /// write-through, io_uring or the thread-pool backend); see [`Journal::open_with_storage`].
+    ///
+    /// # Errors
+    /// As [`Journal::open_with_storage`]; also if `dir` is on a file system without direct I/O.
+    pub async fn open(
+        dir: impl AsRef<std::path::Path>,
+        options: JournalOptions,
+    ) -> Result<(Journal<DirectFileStorage>, RecoveryReport)> {
+        let storage = DirectFileStorage::new(dir)?;
+        Journal::open_with_storage(storage, options).await
     }
 }
 

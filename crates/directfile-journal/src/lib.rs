@@ -14,11 +14,13 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
+mod directfile_storage;
 pub mod format;
 mod journal;
 pub mod recovery;
 pub mod storage;
 
+pub use directfile_storage::{DirectFileLock, DirectFileStorage};
 pub use journal::{Append, Journal, JournalOptions, JournalStats, Reader, Record};
 pub use recovery::{Corruption, RecoveryMode, RecoveryReport, TornTail};
 pub use storage::{IoBuffer, MemStorage, StdStorage, Storage};

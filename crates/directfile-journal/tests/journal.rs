@@ -5,10 +5,29 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use directfile::{BackendChoice, Driver};
 use directfile_journal::recovery::{plan, scan_segment};
 use directfile_journal::{
-    Error, Journal, JournalOptions, Lsn, MemStorage, RecoveryMode, StdStorage, Storage,
+    DirectFileStorage, Error, Journal, JournalOptions, Lsn, MemStorage, RecoveryMode, StdStorage,
+    Storage,
 };
+
+/// A directfile driver on the given backend, or `None` (with the reason printed) when this
+/// machine cannot make one (io_uring forbidden by seccomp or sysctl).
+fn driver(choice: BackendChoice) -> Option<Driver> {
+    match Driver::builder().backend(choice).build() {
+        Ok(driver) => Some(driver),
+        Err(error) => {
+            eprintln!("SKIP: cannot build a {choice:?} driver here: {error}");
+            None
+        }
+    }
+}
+
+fn directfile_storage(name: &str, choice: BackendChoice) -> Option<DirectFileStorage> {
+    let driver = driver(choice)?;
+    Some(DirectFileStorage::with_driver(test_dir(name), driver).unwrap())
+}
 
 fn small_options() -> JournalOptions {
     JournalOptions {
@@ -125,6 +144,42 @@ async fn append_reopen_read_in_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn append_reopen_read_on_disk() {
     append_reopen_read(StdStorage::new(test_dir("basic")).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn append_reopen_read_on_directfile_uring() {
+    if let Some(storage) = directfile_storage("uring", BackendChoice::Uring) {
+        append_reopen_read(storage).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn append_reopen_read_on_directfile_threads() {
+    let storage = directfile_storage("threads", BackendChoice::Threads).expect("threads backend");
+    append_reopen_read(storage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directfile_journal_opens_by_path_and_locks() {
+    let dir = test_dir("open");
+    let (journal, report) = Journal::open(&dir, JournalOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.next_lsn, 1);
+    assert_eq!(journal.append(b"hello").await.unwrap(), Lsn(1));
+    assert!(matches!(
+        Journal::open(&dir, JournalOptions::default()).await,
+        Err(Error::Locked(_))
+    ));
+    drop(journal);
+    let (journal, report) = Journal::open(&dir, JournalOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(report.last_lsn, Some(1));
+    assert_eq!(
+        read_all(&journal, Lsn(1)).await,
+        vec![(1, b"hello".to_vec())]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
