@@ -486,6 +486,11 @@ impl<S: Storage> Journal<S> {
         lock(&self.shared.state).poison.is_some()
     }
 
+    /// Whether the next segment is already created and zero-filled (rotation will not wait).
+    pub fn is_spare_ready(&self) -> bool {
+        matches!(lock(&self.shared.state).spare, Some(Ok(_)))
+    }
+
     /// Counters since open.
     pub fn stats(&self) -> JournalStats {
         lock(&self.shared.state).stats

@@ -19,6 +19,7 @@ pub mod format;
 mod journal;
 pub mod recovery;
 pub mod storage;
+pub mod tools;
 
 pub use directfile_storage::{DirectFileLock, DirectFileStorage};
 pub use journal::{Append, Journal, JournalOptions, JournalStats, Reader, Record};

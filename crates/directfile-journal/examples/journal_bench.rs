@@ -1,0 +1,29 @@
+//! Runs `tools::bench` without the CLI: `journal_bench [DIR] [WRITERS] [RECORD_BYTES] [SECONDS] [--compare] [--json]`.
+
+use std::time::Duration;
+
+use directfile_journal::tools::{bench, BenchConfig};
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let flag = |name: &str| args.iter().any(|a| a == name);
+    let positional: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
+    let mut config = BenchConfig::new(positional.first().map_or("target".into(), |d| d.to_string()));
+    if let Some(writers) = positional.get(1) {
+        config.writers = writers.parse().expect("WRITERS is a number");
+    }
+    if let Some(bytes) = positional.get(2) {
+        config.record_bytes = bytes.parse().expect("RECORD_BYTES is a number");
+    }
+    if let Some(seconds) = positional.get(3) {
+        config.runtime = Duration::from_secs_f64(seconds.parse().expect("SECONDS is a number"));
+    }
+    config.compare = flag("--compare");
+    for result in bench(&config).expect("bench") {
+        if flag("--json") {
+            println!("{}", result.to_json());
+        } else {
+            println!("{result}");
+        }
+    }
+}
