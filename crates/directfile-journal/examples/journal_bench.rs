@@ -8,7 +8,11 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let flag = |name: &str| args.iter().any(|a| a == name);
     let positional: Vec<&String> = args.iter().filter(|a| !a.starts_with("--")).collect();
-    let mut config = BenchConfig::new(positional.first().map_or("target".into(), |d| d.to_string()));
+    let mut config = BenchConfig::new(
+        positional
+            .first()
+            .map_or("target".into(), |d| d.to_string()),
+    );
     if let Some(writers) = positional.get(1) {
         config.writers = writers.parse().expect("WRITERS is a number");
     }
