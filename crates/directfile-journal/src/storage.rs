@@ -189,6 +189,41 @@ struct MemDisk {
     /// Writes with an index >= this fail with an I/O error.
     fail_writes_from: Option<u64>,
     log: Vec<WriteRecord>,
+    /// Writes submitted and not yet completed: write index -> (segment, offset, data).
+    in_flight: BTreeMap<u64, (u64, u64, Vec<u8>)>,
+}
+
+/// What a crash does to one sector of an in-flight write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SectorFate {
+    /// The new data landed.
+    Kept,
+    /// The old data stayed.
+    Lost,
+    /// A prefix of the new data landed over the old data.
+    Torn,
+}
+
+/// A small deterministic generator (xorshift64*) so crash tests replay from a seed.
+#[derive(Debug, Clone)]
+pub struct CrashRng(u64);
+
+impl CrashRng {
+    pub fn new(seed: u64) -> CrashRng {
+        CrashRng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    /// A number in `0..bound`.
+    pub fn below(&mut self, bound: u64) -> u64 {
+        self.next_u64() % bound.max(1)
+    }
 }
 
 /// Segment files in memory. Clones share the same disk.
@@ -246,6 +281,44 @@ impl MemStorage {
     /// landed and nothing else had.
     pub fn files(&self) -> BTreeMap<u64, Vec<u8>> {
         self.disk.lock().expect("mem disk").files.clone()
+    }
+
+    /// The files as a machine that lost power right now would find them: every completed write
+    /// is there, and each sector (`sector_bytes`) of every in-flight write is independently
+    /// kept, lost or torn, as `rng` decides. Returns the image and how many sectors met each
+    /// fate.
+    pub fn crash_image(
+        &self,
+        rng: &mut CrashRng,
+        sector_bytes: usize,
+    ) -> (BTreeMap<u64, Vec<u8>>, [usize; 3]) {
+        let disk = self.disk.lock().expect("mem disk");
+        let mut files = disk.files.clone();
+        let mut fates = [0usize; 3];
+        for (segment, offset, data) in disk.in_flight.values() {
+            let Some(file) = files.get_mut(segment) else {
+                continue;
+            };
+            for (index, sector) in data.chunks(sector_bytes).enumerate() {
+                let at = *offset as usize + index * sector_bytes;
+                if file.len() < at + sector.len() {
+                    file.resize(at + sector.len(), 0);
+                }
+                let fate = match rng.below(3) {
+                    0 => SectorFate::Kept,
+                    1 => SectorFate::Lost,
+                    _ => SectorFate::Torn,
+                };
+                let landed = match fate {
+                    SectorFate::Kept => sector.len(),
+                    SectorFate::Lost => 0,
+                    SectorFate::Torn => 1 + rng.below(sector.len() as u64 - 1) as usize,
+                };
+                file[at..at + landed].copy_from_slice(&sector[..landed]);
+                fates[fate as usize] += 1;
+            }
+        }
+        (files, fates)
     }
 
     /// A new storage holding the given files (for example a damaged copy of [`Self::files`]).
@@ -405,6 +478,8 @@ impl Storage for MemStorage {
                 offset,
                 bytes: buf.len(),
             });
+            disk.in_flight
+                .insert(index, (segment.0, offset, buf.as_slice().to_vec()));
             index
         };
         let delay = self
@@ -413,6 +488,7 @@ impl Storage for MemStorage {
             .map_or(Duration::ZERO, |delay| delay(index));
         Sleep { delay, state: None }.await;
         let mut disk = self.disk.lock().expect("mem disk");
+        disk.in_flight.remove(&index);
         if disk.fail_writes_from.is_some_and(|from| index >= from) {
             return (
                 Err(io::Error::other(format!(
