@@ -334,6 +334,7 @@ impl<S: Storage> Journal<S> {
         // the next LSN), so they go; the rest are kept in order.
         let mut segments = VecDeque::new();
         let mut report_segments = Vec::new();
+        let mut removed_segments = plan.removed_segments.clone();
         for scan in scans
             .iter()
             .filter(|s| plan.kept_segments.contains(&s.segment_number))
@@ -343,6 +344,7 @@ impl<S: Storage> Journal<S> {
             };
             if scan.batches.is_empty() {
                 storage.remove_segment(scan.segment_number)?;
+                removed_segments.push(scan.segment_number);
                 continue;
             }
             segments.push_back(SegmentEntry {
@@ -373,7 +375,7 @@ impl<S: Storage> Journal<S> {
             generation: config.generation,
             torn_tail: plan.torn_tail.clone(),
             truncated_bytes,
-            removed_segments: plan.removed_segments.clone(),
+            removed_segments,
         };
         let slots = (0..=options.batches_in_flight_max)
             .map(|_| Slot {

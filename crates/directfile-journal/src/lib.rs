@@ -8,6 +8,30 @@
 //!
 //! The journal is generic over its [`Storage`]: [`MemStorage`] (tests, fault injection),
 //! [`StdStorage`] (`std::fs`, `O_DIRECT | O_DSYNC`) and [`DirectFileStorage` (`directfile`).
+//!
+//! ```
+//! use directfile_journal::{Journal, JournalOptions, Lsn, MemStorage};
+//!
+//! futures::executor::block_on(async {
+//!     let storage = MemStorage::new();
+//!     let (journal, report) =
+//!         Journal::open_with_storage(storage.clone(), JournalOptions::default()).await?;
+//!     assert_eq!(report.next_lsn, 1);
+//!     assert_eq!(journal.append(b"first").await?, Lsn(1));
+//!     assert_eq!(journal.append_batch(&[b"second", b"third"]).await?, Lsn(3));
+//!     let mut reader = journal.reader(Lsn(2));
+//!     assert_eq!(reader.next().await?.unwrap().payload, b"second");
+//!     drop(reader);
+//!     drop(journal);
+//!     // Reopening recovers every acknowledged record.
+//!     let (_journal, report) = Journal::open_with_storage(storage, JournalOptions::default()).await?;
+//!     assert_eq!(report.last_lsn, Some(3));
+//!     Ok::<(), directfile_journal::Error>(())
+//! })?;
+//! # Ok::<(), directfile_journal::Error>(())
+//! ```
+//!
+//! On real files, `Journal::open(dir, JournalOptions::default())` uses [`DirectFileStorage`].
 #![forbid(unsafe_code)]
 
 use std::fmt;

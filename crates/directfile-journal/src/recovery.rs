@@ -392,7 +392,8 @@ pub struct RecoveryReport {
     pub torn_tail: Option<TornTail>,
     /// Bytes cut off the last segment (the torn tail).
     pub truncated_bytes: u64,
-    /// Trailing segments removed: unused spares and half-created segments.
+    /// Segments removed: unused spares, half-created segments, and segments without records
+    /// (the new segment's header carries their LSN position).
     pub removed_segments: Vec<u64>,
 }
 
