@@ -23,6 +23,10 @@ fn main() {
         config.runtime = Duration::from_secs_f64(seconds.parse().expect("SECONDS is a number"));
     }
     config.compare = flag("--compare");
+    if let Ok(in_flight) = std::env::var("JOURNAL_IN_FLIGHT") {
+        config.options.batches_in_flight_max =
+            in_flight.parse().expect("JOURNAL_IN_FLIGHT is a number");
+    }
     for result in bench(&config).expect("bench") {
         if flag("--json") {
             println!("{}", result.to_json());

@@ -191,6 +191,7 @@ struct MemDisk {
     log: Vec<WriteRecord>,
     /// Writes submitted and not yet completed: write index -> (segment, offset, data).
     in_flight: BTreeMap<u64, (u64, u64, Vec<u8>)>,
+    in_flight_max: usize,
 }
 
 /// What a crash does to one sector of an in-flight write.
@@ -270,6 +271,11 @@ impl MemStorage {
     ) -> MemStorage {
         self.delay = Some(Arc::new(delay));
         self
+    }
+
+    /// The most writes that were in flight at the same time.
+    pub fn writes_in_flight_max(&self) -> usize {
+        self.disk.lock().expect("mem disk").in_flight_max
     }
 
     /// Every write so far, in submission order.
@@ -480,6 +486,7 @@ impl Storage for MemStorage {
             });
             disk.in_flight
                 .insert(index, (segment.0, offset, buf.as_slice().to_vec()));
+            disk.in_flight_max = disk.in_flight_max.max(disk.in_flight.len());
             index
         };
         let delay = self

@@ -223,6 +223,11 @@ async fn acknowledged_means_durable_with_out_of_order_completions() {
         stats.batches_written < stats.records_written,
         "group commit batches: {stats:?}"
     );
+    assert!(
+        storage.writes_in_flight_max() >= 2,
+        "several batches were in flight at once: {}",
+        storage.writes_in_flight_max()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
