@@ -23,6 +23,16 @@ fn main() {
         config.runtime = Duration::from_secs_f64(seconds.parse().expect("SECONDS is a number"));
     }
     config.compare = flag("--compare");
+    if let Ok(spin) = std::env::var("JOURNAL_SPIN_US") {
+        let micros: u64 = spin.parse().expect("JOURNAL_SPIN_US is a number");
+        let driver = directfile::Driver::builder()
+            .spin(Duration::from_micros(micros))
+            .build();
+        config.driver = Some(driver.expect("driver"));
+    }
+    if let Ok(records) = std::env::var("JOURNAL_OVERLAP_RECORDS_MIN") {
+        config.options.overlap_records_min = records.parse().expect("a number");
+    }
     if let Ok(in_flight) = std::env::var("JOURNAL_IN_FLIGHT") {
         config.options.batches_in_flight_max =
             in_flight.parse().expect("JOURNAL_IN_FLIGHT is a number");

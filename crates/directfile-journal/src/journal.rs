@@ -51,6 +51,11 @@ pub struct JournalOptions {
     pub batch_bytes_max: usize,
     /// Batches written concurrently (lanes).
     pub batches_in_flight_max: usize,
+    /// While a batch is in flight, the next one starts only once it holds this many records or
+    /// half of `batch_bytes_max`; with nothing in flight a batch starts at once. Fewer, larger
+    /// batches under load cost less CPU per record (each write is a submission and a wake-up),
+    /// while a lone writer never waits. 1 starts every batch as soon as a lane is free.
+    pub overlap_records_min: usize,
     pub recovery_mode: RecoveryMode,
     /// Alignment unit of batches; 0 means the larger of 4096 and the storage's alignment.
     pub block_bytes: usize,
@@ -62,6 +67,7 @@ impl Default for JournalOptions {
             segment_bytes: 64 << 20,
             batch_bytes_max: 256 << 10,
             batches_in_flight_max: 4,
+            overlap_records_min: 16,
             recovery_mode: RecoveryMode::TolerateTornTail,
             block_bytes: 0,
         }
@@ -84,6 +90,7 @@ struct Config {
     segment_bytes: u64,
     generation: u64,
     batches_in_flight_max: usize,
+    overlap_records_min: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +144,8 @@ struct State<S: Storage> {
     active: ActiveSegment<S::Segment>,
     segments: VecDeque<SegmentEntry>,
     rotating: bool,
+    /// Batches taken by a lane and not yet completed.
+    writes_in_flight: usize,
     spare: Option<SpareResult<S::Segment>>,
     header_buf: Option<S::Buf>,
     stats: JournalStats,
@@ -319,6 +328,7 @@ impl<S: Storage> Journal<S> {
             segment_bytes: options.segment_bytes,
             generation: plan.max_generation + 1,
             batches_in_flight_max: options.batches_in_flight_max,
+            overlap_records_min: options.overlap_records_min.clamp(1, u32::MAX as usize) as u32,
         };
         let number = numbers.last().map_or(1, |n| n + 1);
         let handle = storage.create_segment(number, config.segment_bytes).await?;
@@ -405,6 +415,7 @@ impl<S: Storage> Journal<S> {
             },
             segments,
             rotating: false,
+            writes_in_flight: 0,
             spare: None,
             header_buf: Some(header_buf),
             stats: JournalStats {
@@ -665,9 +676,14 @@ impl<S: Storage> Shared<S> {
         }
         let slot_count = state.slots.len() as u64;
         let index = (state.next_seq % slot_count) as usize;
+        let filling = &state.slots[index];
         let takeable = !state.rotating
-            && state.slots[index].state == SlotState::Filling
-            && state.slots[index].record_count > 0;
+            && filling.state == SlotState::Filling
+            && filling.record_count > 0
+            && (state.writes_in_flight == 0
+                || state.closing
+                || filling.record_count >= self.config.overlap_records_min
+                || 2 * filling.len >= self.config.batch_bytes_max);
         if !takeable {
             if state.closing && !state.rotating {
                 return Poll::Ready(None);
@@ -677,6 +693,7 @@ impl<S: Storage> Shared<S> {
         }
         let seq = state.next_seq;
         state.next_seq += 1;
+        state.writes_in_flight += 1;
         let slot = &mut state.slots[index];
         slot.state = SlotState::InFlight;
         let mut job = Job {
@@ -799,6 +816,7 @@ impl<S: Storage> Shared<S> {
         debug_assert_eq!(slot.state, SlotState::InFlight);
         let written = buf.len() as u64;
         slot.buf = Some(buf);
+        state.writes_in_flight -= 1;
         match result {
             Ok(()) => {
                 slot.state = SlotState::Done;

@@ -268,6 +268,8 @@ pub struct BenchConfig {
     /// Total heap allocations of the process so far (the CLI's counting allocator), if known.
     pub allocs: Option<fn() -> u64>,
     pub options: JournalOptions,
+    /// The directfile driver for the journal's files (None: the process-wide driver).
+    pub driver: Option<directfile::Driver>,
 }
 
 impl BenchConfig {
@@ -281,6 +283,7 @@ impl BenchConfig {
             compare: false,
             allocs: None,
             options: JournalOptions::default(),
+            driver: None,
         }
     }
 }
@@ -490,7 +493,10 @@ pub fn bench(config: &BenchConfig) -> crate::Result<Vec<BenchResult>> {
 
 fn bench_directfile(config: &BenchConfig) -> crate::Result<BenchResult> {
     let scratch = ScratchDir::new(&config.dir, "directfile")?;
-    let storage = DirectFileStorage::new(&scratch.0)?;
+    let storage = match &config.driver {
+        Some(driver) => DirectFileStorage::with_driver(&scratch.0, driver.clone())?,
+        None => DirectFileStorage::new(&scratch.0)?,
+    };
     let (journal, _) =
         futures::executor::block_on(Journal::open_with_storage(storage, config.options.clone()))?;
     // Let the spare segment be zero-filled before measuring: it is off the commit path, but
