@@ -34,6 +34,7 @@ fn small_options() -> JournalOptions {
         segment_bytes: 64 << 10,
         batch_bytes_max: 16 << 10,
         batches_in_flight_max: 3,
+        overlap_records_min: 2,
         recovery_mode: RecoveryMode::TolerateTornTail,
         block_bytes: 4096,
     }
