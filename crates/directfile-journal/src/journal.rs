@@ -140,12 +140,17 @@ struct State<S: Storage> {
     poison: Option<(u64, Arc<io::Error>)>,
     closing: bool,
     space_waiters: Vec<Waker>,
-    io_waker: Option<Waker>,
+    /// Lanes with nothing to take; an append wakes one of them.
+    idle_lanes: Vec<Waker>,
+    /// The lane that is rotating, waiting for earlier batches or for the spare segment.
+    rotation_waker: Option<Waker>,
     active: ActiveSegment<S::Segment>,
     segments: VecDeque<SegmentEntry>,
     rotating: bool,
     /// Batches taken by a lane and not yet completed.
     writes_in_flight: usize,
+    /// An appender found the filling batch too full for its record: take it now.
+    filling_blocked: bool,
     spare: Option<SpareResult<S::Segment>>,
     header_buf: Option<S::Buf>,
     stats: JournalStats,
@@ -169,7 +174,7 @@ struct Shared<S: Storage> {
 /// A durable group-commit journal over a [`Storage`].
 pub struct Journal<S: Storage = DirectFileStorage> {
     shared: Arc<Shared<S>>,
-    io_thread: Option<JoinHandle<()>>,
+    lane_threads: Vec<JoinHandle<()>>,
     maintenance_thread: Option<JoinHandle<()>>,
 }
 
@@ -407,7 +412,8 @@ impl<S: Storage> Journal<S> {
             poison: None,
             closing: false,
             space_waiters: Vec::with_capacity(256),
-            io_waker: None,
+            idle_lanes: Vec::with_capacity(options.batches_in_flight_max),
+            rotation_waker: None,
             active: ActiveSegment {
                 number,
                 handle,
@@ -416,6 +422,7 @@ impl<S: Storage> Journal<S> {
             segments,
             rotating: false,
             writes_in_flight: 0,
+            filling_blocked: false,
             spare: None,
             header_buf: Some(header_buf),
             stats: JournalStats {
@@ -434,14 +441,22 @@ impl<S: Storage> Journal<S> {
             maintenance_wake: Condvar::new(),
             _lock: dir_lock,
         });
-        let io_shared = Arc::clone(&shared);
-        let io_thread = std::thread::Builder::new()
-            .name("journal-io".into())
-            .spawn(move || {
-                let lanes = (0..io_shared.config.batches_in_flight_max)
-                    .map(|_| lane(Arc::clone(&io_shared)));
-                futures::executor::block_on(futures::future::join_all(lanes));
-            })?;
+        // One thread per lane: a lane that waits for its write (or spins on the completion
+        // queue) never holds back the others.
+        let mut lane_threads = Vec::with_capacity(options.batches_in_flight_max);
+        for index in 0..options.batches_in_flight_max {
+            let lane_shared = Arc::clone(&shared);
+            let spawned = std::thread::Builder::new()
+                .name(format!("journal-lane-{index}"))
+                .spawn(move || futures::executor::block_on(lane(lane_shared)));
+            match spawned {
+                Ok(thread) => lane_threads.push(thread),
+                Err(error) => {
+                    stop_threads(&shared, &mut lane_threads, None);
+                    return Err(error.into());
+                }
+            }
+        }
         let maintenance_shared = Arc::clone(&shared);
         let maintenance_thread = std::thread::Builder::new()
             .name("journal-prealloc".into())
@@ -449,7 +464,7 @@ impl<S: Storage> Journal<S> {
         Ok((
             Journal {
                 shared,
-                io_thread: Some(io_thread),
+                lane_threads,
                 maintenance_thread: Some(maintenance_thread),
             },
             report,
@@ -576,22 +591,31 @@ impl<S: Storage> Journal<S> {
 impl<S: Storage> Drop for Journal<S> {
     /// Writes what was appended, waits for the writes, and stops the background threads.
     fn drop(&mut self) {
-        let waker = {
-            let mut state = lock(&self.shared.state);
-            state.closing = true;
-            state.io_waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
-        if let Some(thread) = self.io_thread.take() {
-            let _ = thread.join();
-        }
-        lock(&self.shared.maintenance).stop = true;
-        self.shared.maintenance_wake.notify_all();
-        if let Some(thread) = self.maintenance_thread.take() {
-            let _ = thread.join();
-        }
+        stop_threads(&self.shared, &mut self.lane_threads, self.maintenance_thread.take());
+    }
+}
+
+/// Closes the journal to appends, lets the lanes write what is left, and joins every thread.
+fn stop_threads<S: Storage>(
+    shared: &Shared<S>,
+    lane_threads: &mut Vec<JoinHandle<()>>,
+    maintenance_thread: Option<JoinHandle<()>>,
+) {
+    let mut wake_list = Vec::new();
+    {
+        let mut state = lock(&shared.state);
+        state.closing = true;
+        wake_list.append(&mut state.idle_lanes);
+        wake_list.extend(state.rotation_waker.take());
+    }
+    wake_all(&mut wake_list);
+    for thread in lane_threads.drain(..) {
+        let _ = thread.join();
+    }
+    lock(&shared.maintenance).stop = true;
+    shared.maintenance_wake.notify_all();
+    if let Some(thread) = maintenance_thread {
+        let _ = thread.join();
     }
 }
 
@@ -620,7 +644,7 @@ fn maintenance<S: Storage>(shared: &Shared<S>) {
         let waker = {
             let mut state = lock(&shared.state);
             state.spare = Some(result.map(|segment| (number, segment)).map_err(Arc::new));
-            state.io_waker.take()
+            state.rotation_waker.take()
         };
         if let Some(waker) = waker {
             waker.wake();
@@ -656,7 +680,7 @@ async fn lane<S: Storage>(shared: Arc<Shared<S>>) {
             return;
         };
         if job.rotate {
-            if let Err(error) = shared.rotate(&mut job).await {
+            if let Err(error) = shared.rotate(&mut job, &mut wake_list).await {
                 shared.complete(job.seq, Err(error), job.buf, &mut wake_list);
                 continue;
             }
@@ -664,6 +688,29 @@ async fn lane<S: Storage>(shared: Arc<Shared<S>>) {
         let segment = job.segment.take().expect("a taken batch has its segment");
         let (result, buf) = shared.storage.write_at(&segment, job.buf, job.offset).await;
         shared.complete(job.seq, result, buf, &mut wake_list);
+    }
+}
+
+impl<S: Storage> State<S> {
+    /// Whether the filling batch should be written now (see `overlap_records_min`).
+    fn filling_ready(&self, config: &Config) -> bool {
+        let filling = &self.slots[(self.next_seq % self.slots.len() as u64) as usize];
+        filling.state == SlotState::Filling
+            && filling.record_count > 0
+            && (self.writes_in_flight == 0
+                || self.closing
+                || self.filling_blocked
+                || filling.record_count >= config.overlap_records_min
+                || 2 * filling.len >= config.batch_bytes_max)
+    }
+
+    /// An idle lane to wake if the filling batch is ready for one.
+    fn lane_to_wake(&mut self, config: &Config) -> Option<Waker> {
+        if self.filling_ready(config) {
+            self.idle_lanes.pop()
+        } else {
+            None
+        }
     }
 }
 
@@ -676,24 +723,20 @@ impl<S: Storage> Shared<S> {
         }
         let slot_count = state.slots.len() as u64;
         let index = (state.next_seq % slot_count) as usize;
-        let filling = &state.slots[index];
-        let takeable = !state.rotating
-            && filling.state == SlotState::Filling
-            && filling.record_count > 0
-            && (state.writes_in_flight == 0
-                || state.closing
-                || filling.record_count >= self.config.overlap_records_min
-                || 2 * filling.len >= self.config.batch_bytes_max);
+        let takeable = !state.rotating && state.filling_ready(&self.config);
         if !takeable {
             if state.closing && !state.rotating {
                 return Poll::Ready(None);
             }
-            register(&mut state.io_waker, cx);
+            if !state.idle_lanes.iter().any(|w| w.will_wake(cx.waker())) {
+                state.idle_lanes.push(cx.waker().clone());
+            }
             return Poll::Pending;
         }
         let seq = state.next_seq;
         state.next_seq += 1;
         state.writes_in_flight += 1;
+        state.filling_blocked = false;
         let slot = &mut state.slots[index];
         slot.state = SlotState::InFlight;
         let mut job = Job {
@@ -735,7 +778,7 @@ impl<S: Storage> Shared<S> {
     }
 
     /// Moves to the spare segment before writing `job`, after every earlier batch is durable.
-    async fn rotate(&self, job: &mut Job<S>) -> io::Result<()> {
+    async fn rotate(&self, job: &mut Job<S>, wake_list: &mut Vec<Waker>) -> io::Result<()> {
         let seq = job.seq;
         poll_fn(|cx| {
             let mut state = lock(&self.state);
@@ -745,7 +788,7 @@ impl<S: Storage> Shared<S> {
             if state.acked_seq == seq {
                 return Poll::Ready(Ok(()));
             }
-            register(&mut state.io_waker, cx);
+            register(&mut state.rotation_waker, cx);
             Poll::Pending
         })
         .await?;
@@ -758,7 +801,7 @@ impl<S: Storage> Shared<S> {
                     format!("creating the next segment failed: {error}"),
                 ))),
                 None => {
-                    register(&mut state.io_waker, cx);
+                    register(&mut state.rotation_waker, cx);
                     Poll::Pending
                 }
             }
@@ -774,7 +817,7 @@ impl<S: Storage> Shared<S> {
         );
         header_buf.set_len(self.config.block_bytes);
         let (result, header_buf) = self.storage.write_at(&segment, header_buf, 0).await;
-        let waker = {
+        {
             let mut guard = lock(&self.state);
             let state = &mut *guard;
             state.header_buf = Some(header_buf);
@@ -794,14 +837,13 @@ impl<S: Storage> Shared<S> {
             state.stats.segments_created += 1;
             job.offset = block;
             job.segment = Some(segment);
-            state.io_waker.take()
-        };
+            // Lanes that found nothing to take during the rotation look again.
+            wake_list.append(&mut state.idle_lanes);
+        }
         self.seal_job(job, number);
         lock(&self.maintenance).request = Some(number + 1);
         self.maintenance_wake.notify_one();
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        wake_all(wake_list);
         Ok(())
     }
 
@@ -837,7 +879,8 @@ impl<S: Storage> Shared<S> {
                     wake_list.extend(slot.waiters.iter().cloned());
                 }
                 wake_list.append(&mut state.space_waiters);
-                wake_list.extend(state.io_waker.take());
+                wake_list.append(&mut state.idle_lanes);
+                wake_list.extend(state.rotation_waker.take());
             }
         }
         let mut freed = false;
@@ -854,7 +897,7 @@ impl<S: Storage> Shared<S> {
         }
         if freed {
             wake_list.append(&mut state.space_waiters);
-            wake_list.extend(state.io_waker.take());
+            wake_list.extend(state.rotation_waker.take());
         }
         drop(guard);
         wake_all(wake_list);
@@ -982,7 +1025,10 @@ impl<S: Storage> Append<'_, S> {
             if !state.space_waiters.iter().any(|w| w.will_wake(cx.waker())) {
                 state.space_waiters.push(cx.waker().clone());
             }
-            let waker = state.io_waker.take();
+            if slot.state == SlotState::Filling {
+                state.filling_blocked = true;
+            }
+            let waker = state.lane_to_wake(config);
             drop(guard);
             if let Some(waker) = waker {
                 waker.wake();
@@ -1013,7 +1059,7 @@ impl<S: Storage> Append<'_, S> {
             seq,
             waker_index: slot.waiters.len() - 1,
         };
-        let waker = state.io_waker.take();
+        let waker = state.lane_to_wake(config);
         drop(guard);
         if let Some(waker) = waker {
             waker.wake();
