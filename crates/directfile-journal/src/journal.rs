@@ -5,11 +5,13 @@
 //! A ring of `batches_in_flight_max + 1` batch slots, each owning one aligned buffer allocated
 //! at open. Appenders lock the state, encode their record (header, CRC32C, payload) straight
 //! into the filling slot's buffer, push their waker into that slot's waiter list and return
-//! `Pending`. A background I/O thread runs `batches_in_flight_max` *lanes* (async loops joined
-//! in one `block_on`); a free lane takes the filling slot as soon as it holds a record, seals it
-//! (batch header, zero padding) and writes it with one write-through write, while appenders go
-//! on filling the next slot. Completions may arrive in any order; a batch is acknowledged only
-//! when it and every earlier batch completed, so acknowledgements go out in LSN order.
+//! `Pending`. `batches_in_flight_max` *lanes* (each an async loop on its own thread, driven by
+//! `block_on`, so the library needs no runtime) write the batches: an idle lane takes the
+//! filling slot as soon as it holds a record (or, while another batch is in flight, once it
+//! holds `overlap_records_min` records or half a batch), seals it (batch header, zero padding)
+//! and writes it with one write-through write, while appenders go on filling the next slot.
+//! Completions may arrive in any order; a batch is acknowledged only when it and every earlier
+//! batch completed, so acknowledgements go out in LSN order.
 //!
 //! Nothing is allocated per append in steady state: buffers and waiter lists are reused (their
 //! capacity stays), wakers are cloned (a reference count for the common executors).
@@ -591,7 +593,11 @@ impl<S: Storage> Journal<S> {
 impl<S: Storage> Drop for Journal<S> {
     /// Writes what was appended, waits for the writes, and stops the background threads.
     fn drop(&mut self) {
-        stop_threads(&self.shared, &mut self.lane_threads, self.maintenance_thread.take());
+        stop_threads(
+            &self.shared,
+            &mut self.lane_threads,
+            self.maintenance_thread.take(),
+        );
     }
 }
 
