@@ -23,6 +23,7 @@ fn main() {
         config.runtime = Duration::from_secs_f64(seconds.parse().expect("SECONDS is a number"));
     }
     config.compare = flag("--compare");
+    config.std_storage = flag("--std-storage");
     if let Ok(spin) = std::env::var("JOURNAL_SPIN_US") {
         let micros: u64 = spin.parse().expect("JOURNAL_SPIN_US is a number");
         let driver = directfile::Driver::builder()

@@ -15,7 +15,7 @@ use hdrhistogram::Histogram;
 use crate::format::{self, RECORD_HEADER_BYTES};
 use crate::recovery::{self, HeaderState, Plan, SegmentEnd, SegmentScan};
 use crate::storage::{list_segment_files, segment_file_name};
-use crate::{Corruption, DirectFileStorage, Journal, JournalOptions};
+use crate::{Corruption, DirectFileStorage, Journal, JournalOptions, StdStorage, Storage};
 
 // ---------------------------------------------------------------------------------------------
 // dump and verify
@@ -238,6 +238,8 @@ impl fmt::Display for VerifyReport {
 pub enum BenchJournal {
     /// This crate's journal on directfile.
     Directfile,
+    /// This crate's journal on [`StdStorage`].
+    StdODirect,
     /// `std::fs` append plus `fdatasync` per record, under a mutex.
     Naive,
     /// `std::fs` with a leader writing and `fdatasync`ing each accumulated batch.
@@ -249,6 +251,7 @@ impl BenchJournal {
     pub fn name(self) -> &'static str {
         match self {
             BenchJournal::Directfile => "directfile",
+            BenchJournal::StdODirect => "journal-on-std-odirect",
             BenchJournal::Naive => "naive",
             BenchJournal::BufferedGroupCommit => "buffered-group-commit",
         }
@@ -268,8 +271,11 @@ pub struct BenchConfig {
     /// Total heap allocations of the process so far (the CLI's counting allocator), if known.
     pub allocs: Option<fn() -> u64>,
     pub options: JournalOptions,
-    /// The directfile driver for the journal's files (None: the process-wide driver).
+    /// The directfile driver for the journal's files (None: a journal driver of its own).
     pub driver: Option<directfile::Driver>,
+    /// Run the journal on [`StdStorage`] (blocking `pwrite(2)` with `O_DIRECT | O_DSYNC` on
+    /// each lane's thread) instead of directfile.
+    pub std_storage: bool,
 }
 
 impl BenchConfig {
@@ -284,6 +290,7 @@ impl BenchConfig {
             allocs: None,
             options: JournalOptions::default(),
             driver: None,
+            std_storage: false,
         }
     }
 }
@@ -493,10 +500,21 @@ pub fn bench(config: &BenchConfig) -> crate::Result<Vec<BenchResult>> {
 
 fn bench_directfile(config: &BenchConfig) -> crate::Result<BenchResult> {
     let scratch = ScratchDir::new(&config.dir, "directfile")?;
+    if config.std_storage {
+        return bench_journal(config, StdStorage::new(&scratch.0)?, BenchJournal::StdODirect);
+    }
     let storage = match &config.driver {
         Some(driver) => DirectFileStorage::with_driver(&scratch.0, driver.clone())?,
         None => DirectFileStorage::new(&scratch.0)?,
     };
+    bench_journal(config, storage, BenchJournal::Directfile)
+}
+
+fn bench_journal<S: Storage>(
+    config: &BenchConfig,
+    storage: S,
+    kind: BenchJournal,
+) -> crate::Result<BenchResult> {
     let (journal, _) =
         futures::executor::block_on(Journal::open_with_storage(storage, config.options.clone()))?;
     // Let the spare segment be zero-filled before measuring: it is off the commit path, but
@@ -566,7 +584,7 @@ fn bench_directfile(config: &BenchConfig) -> crate::Result<BenchResult> {
     drop(journal);
     Ok(result(
         config,
-        BenchJournal::Directfile,
+        kind,
         &measured,
         after.batches_written - before.batches_written,
     ))
