@@ -231,7 +231,10 @@ struct FileInner {
 ///
 /// Cheap to clone (the clones share the descriptor). Operations take owned buffers and give
 /// them back in their result. Dropping a future before it completes cancels the operation; the
-/// driver keeps the buffer until the kernel lets go of it. Dropping the `File` with operations
+/// driver keeps the buffer until the kernel lets go of it. A cancelled write that the device
+/// (or a worker thread) had already started still completes, possibly after later writes to
+/// the same range: like `CancelIoEx`, cancellation is a request, not a barrier. Wait for a
+/// write's result before relying on the order of overlapping writes. Dropping the `File` with operations
 /// in flight is safe: they hold the descriptor open until they finish.
 #[derive(Clone)]
 pub struct File {

@@ -51,3 +51,8 @@ pub use buf::{AlignedBuf, BufPool, GetBuf};
 pub use driver::{io_uring_status, Backend, BackendChoice, Driver, DriverBuilder};
 pub use error::{BufResult, Error, Result};
 pub use file::{File, OpenOptions};
+
+/// The README's example compiles and runs as a doc test.
+#[cfg(doctest)]
+#[doc = include_str!("../../../README.md")]
+pub struct ReadmeDoctests;

@@ -1,12 +1,12 @@
-//! The synchronisation primitives of the completion path, swapped for loom's under `--cfg loom`
+//! The synchronisation primitives of the completion path, swapped for loom's under `--cfg directfile_loom`
 //! so the model checker can explore every interleaving of submit, complete and drop.
 
-#[cfg(loom)]
+#[cfg(directfile_loom)]
 pub(crate) use loom::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
     Condvar, Mutex, MutexGuard,
 };
-#[cfg(not(loom))]
+#[cfg(not(directfile_loom))]
 pub(crate) use std::sync::{
     atomic::{AtomicBool, AtomicUsize, Ordering},
     Condvar, Mutex, MutexGuard,

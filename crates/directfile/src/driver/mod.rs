@@ -271,6 +271,15 @@ impl Engine {
         }
     }
 
+    /// Called after a future registered its waker: makes sure someone will reap its completion.
+    pub(crate) fn kick(&self) {
+        match self {
+            Engine::Uring(u) => u.kick(),
+            // Workers complete operations themselves.
+            Engine::Threads(_) => {}
+        }
+    }
+
     /// Records the completions that are ready, on the calling thread, without blocking.
     pub(crate) fn reap(&self, shared: &Shared) {
         match self {

@@ -17,6 +17,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
+/// The longest a worker spins for the next job before sleeping on the condition variable.
+const WORKER_SPIN_MAX: std::time::Duration = std::time::Duration::from_micros(100);
+
 struct Queue {
     jobs: VecDeque<(u32, u32)>,
     shutdown: bool,
@@ -27,6 +30,8 @@ pub(crate) struct Threads {
     ready: Condvar,
     /// Jobs queued, readable without the lock (for the workers' short spin).
     queued: AtomicUsize,
+    /// Workers spinning for the next job: at most one, so idle workers do not eat the CPUs.
+    spinning: AtomicUsize,
     workers: usize,
 }
 
@@ -39,6 +44,7 @@ impl Threads {
             }),
             ready: Condvar::new(),
             queued: AtomicUsize::new(0),
+            spinning: AtomicUsize::new(0),
             workers,
         }
     }
@@ -96,11 +102,19 @@ impl Threads {
     fn next_job(&self, shared: &Shared) -> Option<(u32, u32)> {
         // A short spin first: at queue depth 1 the next job usually arrives within the spin,
         // which saves the futex wake-up of a sleeping worker.
-        if !shared.spin.is_zero() {
+        // One worker at most spins, and for no longer than 100 us.
+        if !shared.spin.is_zero()
+            && self
+                .spinning
+                .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        {
+            let budget = shared.spin.min(WORKER_SPIN_MAX);
             let start = Instant::now();
-            while self.queued.load(Ordering::Acquire) == 0 && start.elapsed() < shared.spin {
+            while self.queued.load(Ordering::Acquire) == 0 && start.elapsed() < budget {
                 std::hint::spin_loop();
             }
+            self.spinning.store(0, Ordering::Release);
         }
         let mut queue = self.queue.lock().unwrap();
         loop {

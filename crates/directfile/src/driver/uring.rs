@@ -8,7 +8,7 @@
 
 use super::{Engine, Shared, Submission};
 use crate::op::slot::{OpDesc, SlotInner};
-use crate::sync::Mutex;
+use crate::sync::{AtomicBool, Condvar, Mutex, Ordering};
 use crate::Result;
 use io_uring::{opcode, types, IoUring};
 use std::io;
@@ -48,6 +48,12 @@ pub(crate) struct Uring {
     cq: Mutex<()>,
     has_ftruncate: bool,
     fixed: Mutex<FixedTable>,
+    /// The reaper sleeps on this condition variable, outside the kernel, while no completion
+    /// is unattended (see `Slots::unattended`), so a future that spins for its own completion
+    /// does not pay for waking the reaper too.
+    reaper_lock: Mutex<()>,
+    reaper_wake: Condvar,
+    reaper_idle: AtomicBool,
 }
 
 /// What to tell the user when `io_uring_setup` fails.
@@ -99,6 +105,9 @@ impl Uring {
                 capacity,
                 used: vec![false; capacity as usize],
             }),
+            reaper_lock: Mutex::new(()),
+            reaper_wake: Condvar::new(),
+            reaper_idle: AtomicBool::new(false),
         })
     }
 
@@ -119,6 +128,17 @@ impl Uring {
                 loop {
                     if shared.is_shut_down() && shared.slots.in_flight() == 0 {
                         break;
+                    }
+                    if u.may_idle(&shared) {
+                        // Nobody waits on us: sleep outside the kernel until a future
+                        // registers a waker or is dropped in flight (`kick`), or shutdown.
+                        let mut guard = u.reaper_lock.lock().unwrap();
+                        u.reaper_idle.store(true, Ordering::SeqCst);
+                        while u.may_idle(&shared) {
+                            guard = u.reaper_wake.wait(guard).unwrap();
+                        }
+                        u.reaper_idle.store(false, Ordering::SeqCst);
+                        continue;
                     }
                     match u.ring.submitter().submit_and_wait(1) {
                         Ok(_) => {}
@@ -237,6 +257,25 @@ impl Uring {
         }
     }
 
+    /// Whether the reaper may sleep outside the kernel: nothing unattended, and at most one
+    /// operation in flight (the one a future may be spinning on). With more in flight, futures
+    /// are about to register wakers; staying in `io_uring_enter` then saves a condition
+    /// variable wake-up per batch of completions.
+    fn may_idle(&self, shared: &Shared) -> bool {
+        shared.slots.unattended() == 0 && shared.slots.in_flight() <= 1 && !shared.is_shut_down()
+    }
+
+    /// Wakes the reaper if it sleeps: called after a slot became unattended.
+    pub(crate) fn kick(&self) {
+        // Pairs with the reaper's store of `reaper_idle` then load of `unattended` (both
+        // SeqCst): either it sees the new unattended slot, or we see it idle and notify it
+        // under its lock, which it holds until it waits.
+        if self.reaper_idle.load(Ordering::SeqCst) {
+            let _guard = self.reaper_lock.lock().unwrap();
+            self.reaper_wake.notify_one();
+        }
+    }
+
     pub(crate) fn cancel(&self, shared: &Shared, index: u32, generation: u32) {
         let entry = opcode::AsyncCancel::new(user_data(index, generation))
             .build()
@@ -244,6 +283,7 @@ impl Uring {
         // The cancel entry holds no pointers; its failure (the operation already finished)
         // is harmless, since the operation's own completion frees the slot either way.
         let _ = self.submit(shared, &entry);
+        self.kick();
     }
 
     /// Posts a no-op so the reaper returns from its wait and sees the shutdown flag.
@@ -261,6 +301,8 @@ impl Uring {
         sq.sync();
         drop(sq);
         let _ = self.ring.submit();
+        let _guard = self.reaper_lock.lock().unwrap();
+        self.reaper_wake.notify_one();
     }
 
     /// Records every completion in the queue. With `wait_for_lock` false, returns at once if

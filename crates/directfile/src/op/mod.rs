@@ -152,9 +152,16 @@ impl Future for Op {
         }
         let done = match done {
             Some(d) => Some(d),
-            None => shared
-                .slots
-                .take_or_register(index, generation, Some(cx.waker())),
+            None => {
+                let done = shared
+                    .slots
+                    .take_or_register(index, generation, Some(cx.waker()));
+                if done.is_none() {
+                    // Our completion is now unattended: make sure the reaper is awake.
+                    shared.engine.kick();
+                }
+                done
+            }
         };
         match done {
             Some(f) => {

@@ -134,6 +134,10 @@ pub(crate) struct Slots {
     slots: Box<[Mutex<SlotInner>]>,
     free: Mutex<FreeList>,
     in_flight: AtomicUsize,
+    /// Slots whose completion someone must reap without being asked: in flight with a
+    /// registered waker (their future sleeps), or orphaned (their future is gone). While this
+    /// is 0 the io_uring reaper thread can sleep outside the kernel and cost nothing.
+    unattended: AtomicUsize,
     max_iovecs: usize,
 }
 
@@ -166,6 +170,7 @@ impl Slots {
                 waiters: VecDeque::with_capacity(count),
             }),
             in_flight: AtomicUsize::new(0),
+            unattended: AtomicUsize::new(0),
             max_iovecs,
         }
     }
@@ -181,6 +186,11 @@ impl Slots {
     /// Slots not free (in flight, completed but not taken, or orphaned).
     pub(crate) fn in_flight(&self) -> usize {
         self.in_flight.load(Ordering::Acquire)
+    }
+
+    /// See the `unattended` field.
+    pub(crate) fn unattended(&self) -> usize {
+        self.unattended.load(Ordering::SeqCst)
     }
 
     pub(crate) fn lock(&self, index: u32) -> MutexGuard<'_, SlotInner> {
@@ -277,10 +287,12 @@ impl Slots {
             State::InFlight { waker, .. } => {
                 drop(slot);
                 if let Some(w) = waker {
+                    self.unattended.fetch_sub(1, Ordering::SeqCst);
                     w.wake();
                 }
             }
             State::Orphaned => {
+                self.unattended.fetch_sub(1, Ordering::SeqCst);
                 let (bufs, file) = Slots::disarm(&mut slot);
                 drop(slot);
                 // The buffers return to their pool (or are freed) only now that the kernel is
@@ -301,7 +313,8 @@ impl Slots {
     }
 
     /// The future's side: takes the result if the operation is complete, else records the
-    /// waker (when given) and returns `None`.
+    /// waker (when given) and returns `None`. After registering a waker for the first time the
+    /// caller must make sure a reaper runs (the slot became unattended).
     pub(crate) fn take_or_register(
         &self,
         index: u32,
@@ -325,7 +338,11 @@ impl Slots {
                 if let Some(w) = waker {
                     match registered {
                         Some(r) if r.will_wake(w) => {}
-                        _ => *registered = Some(w.clone()),
+                        Some(r) => r.clone_from(w),
+                        None => {
+                            *registered = Some(w.clone());
+                            self.unattended.fetch_add(1, Ordering::SeqCst);
+                        }
                     }
                 }
                 None
@@ -348,7 +365,10 @@ impl Slots {
                 self.release(index);
                 false
             }
-            State::InFlight { .. } => {
+            State::InFlight { ref waker, .. } => {
+                if waker.is_none() {
+                    self.unattended.fetch_add(1, Ordering::SeqCst);
+                }
                 slot.state = State::Orphaned;
                 true
             }
@@ -367,7 +387,7 @@ impl Slots {
     }
 }
 
-#[cfg(all(test, not(loom)))]
+#[cfg(all(test, not(directfile_loom)))]
 mod tests {
     use super::*;
     use std::os::fd::AsFd;
@@ -437,5 +457,123 @@ mod tests {
         slots.take_or_register(i, g, None).unwrap();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(slots.poll_acquire(&mut noop_cx()).is_ready());
+    }
+}
+
+/// Model checks of the slot state machine: every interleaving of a future (take, register its
+/// waker, or drop) with the driver's completion, within loom's bounds.
+///
+/// Run with `RUSTFLAGS="--cfg directfile_loom" cargo test -p directfile --release --lib loom`.
+#[cfg(all(test, directfile_loom))]
+mod loom_model {
+    use super::*;
+    use loom::sync::atomic::AtomicUsize as LoomCount;
+    use std::os::fd::AsFd;
+
+    fn fd() -> Arc<OwnedFd> {
+        Arc::new(std::io::stdin().as_fd().try_clone_to_owned().unwrap())
+    }
+
+    /// A waker that counts its wake-ups in a loom-tracked atomic.
+    struct CountWake(LoomCount);
+    impl std::task::Wake for CountWake {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn armed_slot(slots: &Slots, bufs: OpBufs) -> (u32, u32) {
+        let Poll::Ready(i) = slots.poll_acquire(&mut Context::from_waker(Waker::noop())) else {
+            panic!("a fresh table has a free slot")
+        };
+        let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, bufs, fd());
+        (i, g)
+    }
+
+    /// Completion races with the future's poll: the future gets the result exactly once,
+    /// either at once or after exactly one wake-up, and the slot ends free.
+    #[test]
+    fn loom_complete_races_with_poll() {
+        loom::model(|| {
+            let slots = Arc::new(Slots::new(1, 1));
+            let (i, g) = armed_slot(&slots, OpBufs::None);
+            let counter = Arc::new(CountWake(LoomCount::new(0)));
+            let waker = Waker::from(counter.clone());
+            let s2 = slots.clone();
+            let completer = loom::thread::spawn(move || s2.complete(i, g, 42));
+            let first = slots.take_or_register(i, g, Some(&waker));
+            completer.join().unwrap();
+            let res = match first {
+                Some(f) => {
+                    // Completed before we registered: no wake-up was needed.
+                    assert_eq!(counter.0.load(Ordering::SeqCst), 0);
+                    f.res
+                }
+                None => {
+                    // We registered first: the completion must have woken us.
+                    assert_eq!(counter.0.load(Ordering::SeqCst), 1);
+                    slots.take_or_register(i, g, None).expect("completed").res
+                }
+            };
+            assert_eq!(res, 42);
+            assert_eq!(slots.in_flight(), 0);
+        });
+    }
+
+    /// The future is dropped while the completion arrives: the buffer is released exactly once
+    /// and never before the completion, and the slot ends free.
+    #[test]
+    fn loom_drop_races_with_completion() {
+        loom::model(|| {
+            let slots = Arc::new(Slots::new(1, 1));
+            let pool = crate::BufPool::unregistered(1, 512, 512);
+            let (i, g) = armed_slot(&slots, OpBufs::One(pool.try_get().unwrap()));
+            let completed = Arc::new(loom::sync::atomic::AtomicBool::new(false));
+            let (s2, c2) = (slots.clone(), completed.clone());
+            let completer = loom::thread::spawn(move || {
+                c2.store(true, Ordering::SeqCst);
+                s2.complete(i, g, -libc::ECANCELED);
+            });
+            let must_cancel = slots.abandon(i, g);
+            if must_cancel {
+                // Still in flight when dropped: the buffer is not back until completion.
+                assert!(pool.available() == 0 || completed.load(Ordering::SeqCst));
+            }
+            completer.join().unwrap();
+            assert_eq!(pool.available(), 1);
+            assert_eq!(slots.in_flight(), 0);
+            assert!(matches!(slots.lock(i).state, State::Free));
+        });
+    }
+
+    /// Two tasks compete for one slot: the loser waits (backpressure) and is woken by the
+    /// release; no wake-up is lost.
+    #[test]
+    fn loom_backpressure_wakes_the_waiter() {
+        loom::model(|| {
+            let slots = Arc::new(Slots::new(1, 1));
+            let (i, g) = armed_slot(&slots, OpBufs::None);
+            let counter = Arc::new(CountWake(LoomCount::new(0)));
+            let waker = Waker::from(counter.clone());
+            let s2 = slots.clone();
+            let owner = loom::thread::spawn(move || {
+                s2.complete(i, g, 0);
+                s2.take_or_register(i, g, None).expect("completed");
+            });
+            let got = slots.poll_acquire(&mut Context::from_waker(&waker));
+            owner.join().unwrap();
+            match got {
+                Poll::Ready(_) => assert_eq!(slots.in_flight(), 1),
+                Poll::Pending => {
+                    assert_eq!(
+                        counter.0.load(Ordering::SeqCst),
+                        1,
+                        "release woke the waiter"
+                    );
+                    let again = slots.poll_acquire(&mut Context::from_waker(&waker));
+                    assert!(again.is_ready());
+                }
+            }
+        });
     }
 }

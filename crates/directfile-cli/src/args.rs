@@ -1,0 +1,233 @@
+//! Command-line flags (clap derive) and the one-line report of a parse error.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::units::{parse_duration, parse_nonzero_size};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "directfile",
+    version,
+    about = "Benchmark and probe unbuffered (O_DIRECT), write-through (O_DSYNC) file I/O"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Measure IOPS, bandwidth and latency of one workload (fio-like flags).
+    Bench(BenchArgs),
+    /// Report what this machine and file system offer for direct I/O.
+    Probe(ProbeArgs),
+}
+
+/// The I/O pattern, named as fio names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Rw {
+    Randwrite,
+    Write,
+    Randread,
+    Read,
+}
+
+impl Rw {
+    pub fn is_write(self) -> bool {
+        matches!(self, Rw::Randwrite | Rw::Write)
+    }
+
+    pub fn is_random(self) -> bool {
+        matches!(self, Rw::Randwrite | Rw::Randread)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Rw::Randwrite => "randwrite",
+            Rw::Write => "write",
+            Rw::Randread => "randread",
+            Rw::Read => "read",
+        }
+    }
+}
+
+impl fmt::Display for Rw {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Which implementation performs the I/O.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum BackendArg {
+    /// directfile with the backend it picks by itself (io_uring, else threads).
+    Auto,
+    /// directfile on its io_uring driver.
+    Uring,
+    /// directfile on its thread-pool driver.
+    Threads,
+    /// std::fs::File::write_at/read_at, one OS thread per in-flight op.
+    Std,
+    /// tokio spawn_blocking + pwrite/pread (tokio::fs cannot do O_DIRECT).
+    Tokio,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// File or directory to run on. A directory gets a temporary file that is removed afterwards;
+    /// without PATH, a temporary file in the current directory. Never tmpfs.
+    pub path: Option<PathBuf>,
+
+    /// I/O pattern.
+    #[arg(long, value_enum, default_value_t = Rw::Randwrite)]
+    pub rw: Rw,
+
+    /// Block size of each operation (k, m, g suffixes are binary).
+    #[arg(long, value_name = "BYTES", default_value = "4k", value_parser = parse_nonzero_size)]
+    pub bs: u64,
+
+    /// Operations in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub qd: u32,
+
+    /// File size the offsets range over.
+    #[arg(long, value_name = "BYTES", default_value = "256m", value_parser = parse_nonzero_size)]
+    pub size: u64,
+
+    /// How long each measurement runs (5s, 500ms, 1m).
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub runtime: Duration,
+
+    /// Write-through: open with O_DSYNC so each write is durable when it completes.
+    #[arg(long)]
+    pub dsync: bool,
+
+    /// Implementation to measure (ignored with --compare, which runs them all).
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+    pub backend: BackendArg,
+
+    /// Run directfile (both drivers), std, tokio and fio (when installed) on the same file,
+    /// alternating them, and print one table of medians with ratios to fio.
+    #[arg(long)]
+    pub compare: bool,
+
+    /// Rounds for --compare.
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub rounds: u32,
+
+    /// Print one JSON object per result (one line each) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+
+    /// Write an SVG with the latency CDF per backend and IOPS over time.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct ProbeArgs {
+    /// File or directory to probe (default: the current directory).
+    pub path: Option<PathBuf>,
+
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Prints help and version as clap does; any other parse error as one line, exit status 2.
+pub fn report_parse_error(err: clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    match err.kind() {
+        ErrorKind::DisplayHelp
+        | ErrorKind::DisplayVersion
+        | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = err.print();
+            if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        _ => {
+            let rendered = err.render().to_string();
+            let first = rendered
+                .lines()
+                .find(|line| !line.trim().is_empty())
+                .unwrap_or("invalid arguments");
+            let message = first.strip_prefix("error: ").unwrap_or(first);
+            eprintln!("directfile: error: {message} (see 'directfile --help')");
+            ExitCode::from(2)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("directfile").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn bench_defaults_match_the_issue() {
+        let cli = parse(&["bench"]).unwrap();
+        let Command::Bench(bench) = cli.command else {
+            panic!("expected bench")
+        };
+        assert_eq!(bench.rw, Rw::Randwrite);
+        assert_eq!(bench.bs, 4096);
+        assert_eq!(bench.qd, 32);
+        assert_eq!(bench.size, 256 << 20);
+        assert_eq!(bench.runtime, Duration::from_secs(5));
+        assert!(!bench.dsync && !bench.compare && !bench.json);
+        assert_eq!(bench.rounds, 3);
+    }
+
+    #[test]
+    fn bench_flags() {
+        let cli = parse(&[
+            "bench",
+            "/x",
+            "--rw",
+            "read",
+            "--bs",
+            "64k",
+            "--qd",
+            "1",
+            "--size",
+            "1g",
+            "--runtime",
+            "500ms",
+            "--dsync",
+            "--backend",
+            "tokio",
+            "--json",
+        ])
+        .unwrap();
+        let Command::Bench(bench) = cli.command else {
+            panic!("expected bench")
+        };
+        assert_eq!(bench.path, Some(PathBuf::from("/x")));
+        assert_eq!(bench.rw, Rw::Read);
+        assert_eq!(bench.bs, 65536);
+        assert_eq!(bench.qd, 1);
+        assert_eq!(bench.backend, BackendArg::Tokio);
+        assert!(bench.dsync && bench.json);
+    }
+
+    #[test]
+    fn bad_values_fail() {
+        assert!(parse(&["bench", "--bs", "4q"]).is_err());
+        assert!(parse(&["bench", "--qd", "0"]).is_err());
+        assert!(parse(&["bench", "--frobnicate"]).is_err());
+        assert!(parse(&["bench", "--rw", "trim"]).is_err());
+    }
+}

@@ -1,0 +1,356 @@
+//! `directfile bench`: validate the workload, lay the file out, run each backend (alternating
+//! them over rounds with --compare), and print a table or JSON lines, plus an optional plot.
+
+pub mod backends;
+pub mod directfile_backend;
+pub mod stats;
+pub mod workload;
+
+use std::fs;
+use std::io;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use crate::args::{BackendArg, BenchArgs};
+use crate::bench::stats::{median_measurement, Measurement};
+use crate::bench::workload::Workload;
+use crate::device;
+use crate::error::{cli_error, CliResult};
+use crate::fio;
+use crate::plot;
+use crate::progress::Progress;
+use crate::sys;
+use crate::tempfile::BenchFile;
+use crate::units::{format_bytes, format_count};
+
+/// Everything a bench can run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// directfile with the backend it picks itself.
+    Auto,
+    /// directfile's io_uring driver.
+    Uring,
+    /// directfile's thread-pool driver.
+    Threads,
+    Std,
+    Tokio,
+    Fio,
+}
+
+impl Backend {
+    fn from_arg(arg: BackendArg) -> Backend {
+        match arg {
+            BackendArg::Auto => Backend::Auto,
+            BackendArg::Uring => Backend::Uring,
+            BackendArg::Threads => Backend::Threads,
+            BackendArg::Std => Backend::Std,
+            BackendArg::Tokio => Backend::Tokio,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Auto => "auto",
+            Backend::Uring => "uring",
+            Backend::Threads => "threads",
+            Backend::Std => "std",
+            Backend::Tokio => "tokio",
+            Backend::Fio => "fio",
+        }
+    }
+
+    fn run(self, path: &Path, workload: &Workload) -> CliResult<Measurement> {
+        match self {
+            Backend::Auto | Backend::Uring | Backend::Threads => {
+                directfile_backend::run(self, path, workload)
+            }
+            Backend::Std => backends::run_std(path, workload),
+            Backend::Tokio => backends::run_tokio(path, workload),
+            Backend::Fio => fio::run(path, workload),
+        }
+    }
+}
+
+pub fn run(args: BenchArgs) -> CliResult<()> {
+    // Checks that need no file first, so bad input never creates one.
+    if args.size < args.bs {
+        return Err(cli_error!(
+            "--size {} ({}) is smaller than --bs {} ({}): the file must hold at least one block",
+            args.size,
+            format_bytes(args.size),
+            args.bs,
+            format_bytes(args.bs)
+        ));
+    }
+    if args.bs > 1 << 30 {
+        return Err(cli_error!("--bs {} is larger than 1 GiB", args.bs));
+    }
+    if let Some(plot_path) = &args.plot {
+        let parent = plot_path
+            .parent()
+            .filter(|parent| !parent.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        if !parent.is_dir() {
+            return Err(cli_error!(
+                "--plot {}: directory {} does not exist",
+                plot_path.display(),
+                parent.display()
+            ));
+        }
+    }
+
+    let target = BenchFile::resolve(args.path.as_deref())?;
+    let path = target.path();
+    let (memory_align, offset_align, align_source) = device::direct_io_alignment(path);
+    if args.bs % offset_align != 0 {
+        return Err(cli_error!(
+            "--bs {} is not a multiple of the direct-I/O alignment {} bytes of files in {} (from {})",
+            args.bs,
+            offset_align,
+            target.directory().display(),
+            align_source.as_str()
+        ));
+    }
+    let workload = Workload {
+        rw: args.rw,
+        bs: args.bs as usize,
+        qd: args.qd as usize,
+        // Whole blocks only: 10m with --bs 3m runs over 9 MiB.
+        size: args.size / args.bs * args.bs,
+        runtime: args.runtime,
+        dsync: args.dsync,
+        memory_align: memory_align.max(512) as usize,
+    };
+    check_direct_open(path, &workload)?;
+
+    {
+        let done = Arc::new(AtomicU64::new(0));
+        let progress = Progress::bytes(
+            format!("laying out {}", path.display()),
+            workload.size,
+            Arc::clone(&done),
+        );
+        workload::lay_out(path, &workload, |bytes| {
+            done.store(bytes, Ordering::Relaxed)
+        })
+        .map_err(|err| cli_error!("cannot lay out {}: {err}", path.display()))?;
+        progress.finish();
+    }
+
+    let (backends, rounds) = if args.compare {
+        let mut backends = vec![
+            Backend::Uring,
+            Backend::Threads,
+            Backend::Std,
+            Backend::Tokio,
+        ];
+        if fio::is_installed() {
+            backends.push(Backend::Fio);
+        } else {
+            eprintln!(
+                "directfile: fio is not installed: comparing without it (apt-get install fio)"
+            );
+        }
+        (backends, args.rounds as usize)
+    } else {
+        (vec![Backend::from_arg(args.backend)], 1)
+    };
+
+    let mut rounds_by_backend: Vec<Vec<Measurement>> = vec![Vec::new(); backends.len()];
+    for round in 0..rounds {
+        // Rotate the order each round so no backend always runs first (or right after another).
+        for step in 0..backends.len() {
+            let index = (step + round) % backends.len();
+            let backend = backends[index];
+            let label = if rounds > 1 {
+                format!("{:>7} round {}/{}", backend.name(), round + 1, rounds)
+            } else {
+                format!("{:>7}", backend.name())
+            };
+            let progress = Progress::start(label, workload.runtime);
+            let measurement = backend.run(path, &workload)?;
+            progress.finish();
+            rounds_by_backend[index].push(measurement);
+        }
+    }
+    let results: Vec<Measurement> = rounds_by_backend
+        .iter()
+        .map(|rounds| median_measurement(rounds))
+        .collect();
+
+    if args.json {
+        for result in &results {
+            println!("{}", result.to_json());
+        }
+    } else {
+        let file_system = sys::file_system_magic(path)
+            .ok()
+            .map(|magic| {
+                sys::file_system_name(magic)
+                    .map(str::to_string)
+                    .unwrap_or_else(|| format!("{magic:#x}"))
+            })
+            .unwrap_or_else(|| "unknown file system".to_string());
+        println!(
+            "{} {} QD{}{} on {} ({}, {}; direct-I/O alignment {} B), {:.1} s per run{}",
+            workload.rw,
+            format_bytes(workload.bs as u64),
+            workload.qd,
+            if workload.dsync { " O_DSYNC" } else { "" },
+            path.display(),
+            format_bytes(workload.size),
+            file_system,
+            offset_align,
+            workload.runtime.as_secs_f64(),
+            if rounds > 1 {
+                format!(", {rounds} rounds alternated, medians")
+            } else {
+                String::new()
+            }
+        );
+        print!("{}", table(&results));
+    }
+
+    if let Some(plot_path) = &args.plot {
+        fs::write(plot_path, plot::render(&results))
+            .map_err(|err| cli_error!("cannot write {}: {err}", plot_path.display()))?;
+        if !args.json {
+            println!("plot written to {}", plot_path.display());
+        }
+    }
+    drop(target);
+    Ok(())
+}
+
+/// Opens the file with O_DIRECT (and O_DSYNC) once, to turn a refusal into a clear message.
+fn check_direct_open(path: &Path, workload: &Workload) -> CliResult<()> {
+    match workload.open_std(path) {
+        Ok(_) => Ok(()),
+        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Err(cli_error!(
+            "{}: this file system refuses O_DIRECT ({err}); pass a PATH on ext4, xfs or btrfs",
+            path.display()
+        )),
+        Err(err) if err.kind() == io::ErrorKind::PermissionDenied => Err(cli_error!(
+            "{}: permission denied opening it read-write",
+            path.display()
+        )),
+        Err(err) => Err(cli_error!("cannot open {}: {err}", path.display())),
+    }
+}
+
+/// The results table; ratio columns against fio when fio is among the results.
+pub fn table(results: &[Measurement]) -> String {
+    let fio = results.iter().find(|m| m.backend == "fio");
+    let header = [
+        "backend",
+        "IOPS",
+        "x fio",
+        "MiB/s",
+        "p50 µs",
+        "x fio",
+        "p99 µs",
+        "p99.9 µs",
+        "max µs",
+        "allocs/op",
+        "usr s",
+        "sys s",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
+    let ratio = |value: f64, reference: Option<f64>| match reference {
+        Some(reference) if reference > 0.0 && value.is_finite() => {
+            format!("{:.2}", value / reference)
+        }
+        _ => "-".to_string(),
+    };
+    for m in results {
+        rows.push(vec![
+            m.backend.clone(),
+            format_count(m.iops),
+            ratio(m.iops, fio.map(|f| f.iops)),
+            format!("{:.1}", m.bw_bytes_per_s / (1 << 20) as f64),
+            format!("{:.1}", m.lat_us_p50),
+            ratio(m.lat_us_p50, fio.map(|f| f.lat_us_p50)),
+            format!("{:.1}", m.lat_us_p99),
+            format!("{:.1}", m.lat_us_p999),
+            format!("{:.1}", m.lat_us_max),
+            m.allocs_per_op
+                .map(|value| format!("{value:.2}"))
+                .unwrap_or_else(|| "-".to_string()),
+            format!("{:.2}", m.cpu_usr_s),
+            format!("{:.2}", m.cpu_sys_s),
+        ]);
+    }
+    let keep: Vec<bool> = (0..header.len())
+        .map(|column| fio.is_some() || header[column] != "x fio")
+        .collect();
+    let widths: Vec<usize> = (0..header.len())
+        .map(|column| {
+            rows.iter()
+                .map(|row| row[column].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (column, cell) in row.iter().enumerate() {
+            if !keep[column] {
+                continue;
+            }
+            let pad = widths[column] - cell.chars().count();
+            if column == 0 {
+                line.push_str(cell);
+                line.push_str(&" ".repeat(pad));
+            } else {
+                line.push_str("  ");
+                line.push_str(&" ".repeat(pad));
+                line.push_str(cell);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_ratios_only_with_fio() {
+        let recorder = stats::Recorder::new(std::time::Duration::from_secs(1));
+        let totals = stats::PhaseTotals {
+            elapsed: std::time::Duration::from_secs(1),
+            allocations: 0,
+            cpu_user: std::time::Duration::ZERO,
+            cpu_system: std::time::Duration::ZERO,
+        };
+        let label = stats::WorkloadLabel {
+            rw: crate::args::Rw::Randwrite,
+            bs_bytes: 4096,
+            qd: 32,
+            dsync: false,
+        };
+        let mut uring = Measurement::from_records("uring", label, &recorder, &totals);
+        uring.iops = 950.0;
+        uring.lat_us_p50 = 110.0;
+        let without = table(std::slice::from_ref(&uring));
+        assert!(!without.contains("x fio"), "{without}");
+        let mut fio = uring.clone();
+        fio.backend = "fio".into();
+        fio.iops = 1000.0;
+        fio.lat_us_p50 = 100.0;
+        fio.allocs_per_op = None;
+        let with = table(&[uring, fio]);
+        assert!(with.contains("x fio"), "{with}");
+        let uring_row = with.lines().find(|line| line.starts_with("uring")).unwrap();
+        assert!(
+            uring_row.contains("0.95") && uring_row.contains("1.10"),
+            "{uring_row}"
+        );
+        assert_eq!(with.lines().count(), 3);
+    }
+}

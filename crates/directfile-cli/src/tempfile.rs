@@ -1,0 +1,189 @@
+//! The file a bench runs on: the user's file, or a temporary file we create on a disk file
+//! system and remove afterwards (on drop, and on Ctrl-C through the signal handler in `sys`).
+
+use std::fs;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::error::{cli_error, CliResult};
+use crate::sys;
+
+/// The bench's target file; removes the file on drop when we created it.
+#[derive(Debug)]
+pub struct BenchFile {
+    path: PathBuf,
+    remove_on_drop: bool,
+}
+
+impl BenchFile {
+    /// Resolves PATH: `None` -> a temporary file in the current directory; a directory -> a
+    /// temporary file in it; anything else -> that file (created if missing, removed afterwards
+    /// only if we created it). Refuses tmpfs and missing directories before creating anything.
+    pub fn resolve(path: Option<&Path>) -> CliResult<BenchFile> {
+        let path = path.unwrap_or(Path::new("."));
+        let (directory, file) = if path.is_dir() {
+            (path.to_path_buf(), None)
+        } else {
+            let parent = match path.parent() {
+                Some(parent) if !parent.as_os_str().is_empty() => parent.to_path_buf(),
+                _ => PathBuf::from("."),
+            };
+            (parent, Some(path.to_path_buf()))
+        };
+        if !directory.is_dir() {
+            return Err(cli_error!(
+                "directory {} does not exist: create it or pass a path in an existing directory",
+                directory.display()
+            ));
+        }
+        refuse_memory_file_system(&directory)?;
+        match file {
+            None => create_temporary(&directory),
+            Some(file) => {
+                if file.exists() {
+                    if !file.is_file() {
+                        return Err(cli_error!(
+                            "{} is not a regular file or directory",
+                            file.display()
+                        ));
+                    }
+                    Ok(BenchFile {
+                        path: file,
+                        remove_on_drop: false,
+                    })
+                } else {
+                    create_new(file)
+                }
+            }
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The directory the file is in.
+    pub fn directory(&self) -> &Path {
+        match self.path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        }
+    }
+}
+
+impl Drop for BenchFile {
+    fn drop(&mut self) {
+        if self.remove_on_drop {
+            sys::forget_on_signal();
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+/// Refuses tmpfs and ramfs: O_DIRECT there measures memory copies, not a disk.
+pub fn refuse_memory_file_system(directory: &Path) -> CliResult<()> {
+    let magic = sys::file_system_magic(directory).map_err(|err| {
+        cli_error!(
+            "cannot inspect file system of {}: {err}",
+            directory.display()
+        )
+    })?;
+    if sys::is_memory_file_system(magic) {
+        return Err(cli_error!(
+            "{} is on tmpfs/ramfs (memory, no direct I/O to a disk): pass a PATH on a disk file system such as ext4 or xfs",
+            directory.display()
+        ));
+    }
+    Ok(())
+}
+
+fn create_temporary(directory: &Path) -> CliResult<BenchFile> {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|elapsed| elapsed.subsec_nanos())
+        .unwrap_or(0);
+    for attempt in 0..100u32 {
+        let name = format!(
+            ".directfile-bench-{}-{:08x}",
+            std::process::id(),
+            nanos.wrapping_add(attempt)
+        );
+        let path = directory.join(name);
+        match create_new(path) {
+            Ok(file) => return Ok(file),
+            Err(err) if err.0.contains("already exists") => continue,
+            Err(err) => return Err(err),
+        }
+    }
+    Err(cli_error!(
+        "could not create a temporary file in {}",
+        directory.display()
+    ))
+}
+
+fn create_new(path: PathBuf) -> CliResult<BenchFile> {
+    // Register the signal cleanup before the file exists, so there is no window where Ctrl-C
+    // leaves it behind.
+    sys::remove_on_signal(&path)?;
+    match fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+    {
+        Ok(_) => Ok(BenchFile {
+            path,
+            remove_on_drop: true,
+        }),
+        Err(err) => {
+            sys::forget_on_signal();
+            if err.kind() == io::ErrorKind::AlreadyExists {
+                Err(cli_error!("{} already exists", path.display()))
+            } else {
+                Err(cli_error!("cannot create {}: {err}", path.display()))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch_dir() -> PathBuf {
+        // target/ is on the same (disk) file system as the sources; never tmpfs.
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../../target/directfile-cli-unit")
+            .join(format!("tempfile-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn temporary_file_is_removed_on_drop() {
+        let dir = scratch_dir();
+        let file = BenchFile::resolve(Some(&dir)).unwrap();
+        let path = file.path().to_path_buf();
+        assert!(path.exists());
+        drop(file);
+        assert!(!path.exists());
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn existing_file_is_kept() {
+        let dir = scratch_dir().join("kept");
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("data");
+        fs::write(&path, b"x").unwrap();
+        drop(BenchFile::resolve(Some(&path)).unwrap());
+        assert!(path.exists());
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn missing_directory_is_refused() {
+        let err = BenchFile::resolve(Some(Path::new("/no/such/dir/file"))).unwrap_err();
+        assert!(err.0.contains("/no/such/dir"), "{err}");
+    }
+}

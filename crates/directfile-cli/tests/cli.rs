@@ -1,0 +1,404 @@
+//! Runs the `directfile` binary: bad input gives one line and a non-zero exit with no file left
+//! behind; a short bench prints JSON with exactly the documented fields; probe reports.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+const BIN: &str = env!("CARGO_BIN_EXE_directfile");
+
+/// A fresh directory under the workspace's target/ (a disk file system, never tmpfs).
+fn scratch(name: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/directfile-cli-tests")
+        .join(format!("{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn run_in(dir: &Path, args: &[&str]) -> Output {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run directfile")
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect()
+}
+
+/// Exit code non-zero, stderr exactly one line starting "directfile: error:" and containing
+/// `needle`, stdout empty, no panic.
+fn assert_one_line_error(output: &Output, needle: &str) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "exit status {:?}", output.status);
+    assert_ne!(output.status.code(), Some(101), "panicked: {stderr}");
+    assert_eq!(stderr.lines().count(), 1, "not one line: {stderr:?}");
+    assert!(stderr.starts_with("directfile: error: "), "{stderr}");
+    assert!(stderr.contains(needle), "{needle:?} not in {stderr:?}");
+    assert!(
+        output.stdout.is_empty(),
+        "stdout: {:?}",
+        String::from_utf8_lossy(&output.stdout)
+    );
+}
+
+#[test]
+fn bad_input_is_one_line_and_leaves_no_file() {
+    let dir = scratch("bad-input");
+    let cases: &[(&[&str], &str)] = &[
+        (&["bench", "--frobnicate"], "--frobnicate"),
+        (&["bench", "--bs", "4q"], "4q"),
+        (&["bench", "--size", "12x"], "12x"),
+        (&["bench", "--qd", "0"], "--qd"),
+        (&["bench", "--rw", "trim"], "trim"),
+        (&["bench", "--runtime", "5 parsecs"], "5 parsecs"),
+        (&["bench", "missing-dir/file"], "does not exist"),
+        (
+            &["bench", "--size", "4k", "--bs", "8k"],
+            "smaller than --bs",
+        ),
+        (
+            &["bench", "--bs", "1000"],
+            "not a multiple of the direct-I/O alignment",
+        ),
+        (&["bench", "--plot", "nowhere/plot.svg"], "does not exist"),
+        (&["probe", "missing-dir/file"], "does not exist"),
+        (&["frobnicate"], "frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let output = run_in(&dir, args);
+        assert_one_line_error(&output, needle);
+        assert!(
+            entries(&dir).is_empty(),
+            "{args:?} left {:?}",
+            entries(&dir)
+        );
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn tmpfs_is_refused() {
+    let Some(tmpfs) = ["/dev/shm", "/run"].into_iter().map(Path::new).find(|dir| {
+        // Only where it really is tmpfs and writable, so the test means what it says.
+        fs::read_to_string("/proc/mounts").is_ok_and(|mounts| {
+            mounts.lines().any(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                fields.len() > 2 && Path::new(fields[1]) == *dir && fields[2] == "tmpfs"
+            })
+        })
+    }) else {
+        eprintln!("skipped: no tmpfs mount at /dev/shm or /run on this machine");
+        return;
+    };
+    let before = entries(tmpfs);
+    let output = Command::new(BIN)
+        .args(["bench"])
+        .arg(tmpfs)
+        .output()
+        .unwrap();
+    assert_one_line_error(&output, "tmpfs");
+    assert_eq!(entries(tmpfs), before);
+}
+
+const JSON_FIELDS: [&str; 16] = [
+    "backend",
+    "rw",
+    "bs_bytes",
+    "qd",
+    "dsync",
+    "runtime_s",
+    "ops",
+    "iops",
+    "bw_bytes_per_s",
+    "lat_us_p50",
+    "lat_us_p99",
+    "lat_us_p999",
+    "lat_us_max",
+    "allocs_per_op",
+    "cpu_usr_s",
+    "cpu_sys_s",
+];
+
+fn parse_results(stdout: &[u8]) -> Vec<serde_json::Map<String, serde_json::Value>> {
+    let text = String::from_utf8(stdout.to_vec()).unwrap();
+    text.lines()
+        .map(|line| {
+            serde_json::from_str::<serde_json::Value>(line)
+                .unwrap_or_else(|err| panic!("not JSON ({err}): {line}"))
+                .as_object()
+                .unwrap()
+                .clone()
+        })
+        .collect()
+}
+
+fn check_result(result: &serde_json::Map<String, serde_json::Value>, rw: &str, qd: u64) {
+    let keys: Vec<&str> = result.keys().map(String::as_str).collect();
+    assert_eq!(keys, JSON_FIELDS, "fields and their order");
+    assert_eq!(result["rw"], rw);
+    assert_eq!(result["bs_bytes"], 4096);
+    assert_eq!(result["qd"], qd);
+    let number = |key: &str| {
+        result[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("{key} not a number"))
+    };
+    assert!(number("ops") > 0.0, "no ops: {result:?}");
+    assert!(number("iops") > 0.0);
+    assert!(
+        (number("bw_bytes_per_s") - number("iops") * 4096.0).abs()
+            <= number("bw_bytes_per_s") * 0.01 + 4096.0
+    );
+    assert!(
+        number("runtime_s") >= 0.25,
+        "runtime {}",
+        number("runtime_s")
+    );
+    let (p50, p99, p999, max) = (
+        number("lat_us_p50"),
+        number("lat_us_p99"),
+        number("lat_us_p999"),
+        number("lat_us_max"),
+    );
+    assert!(
+        0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max * 1.001,
+        "{result:?}"
+    );
+}
+
+#[test]
+fn short_bench_prints_json_for_every_directfile_backend_and_cleans_up() {
+    let dir = scratch("bench-json");
+    for backend in ["uring", "threads", "std", "tokio"] {
+        let output = run_in(
+            &dir,
+            &[
+                "bench",
+                "--runtime",
+                "500ms",
+                "--size",
+                "8m",
+                "--qd",
+                "4",
+                "--backend",
+                backend,
+                "--json",
+            ],
+        );
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        if backend == "uring" && stderr.contains("cannot start the driver") {
+            eprintln!("skipped uring: io_uring cannot be set up here: {stderr}");
+            continue;
+        }
+        assert!(output.status.success(), "{backend}: {stderr}");
+        let results = parse_results(&output.stdout);
+        assert_eq!(results.len(), 1, "{backend}");
+        check_result(&results[0], "randwrite", 4);
+        assert_eq!(results[0]["backend"], backend);
+        assert_eq!(results[0]["dsync"], false);
+        if backend != "tokio" {
+            // directfile and std do no allocation per op in the measured phase.
+            let allocs = results[0]["allocs_per_op"].as_f64().unwrap();
+            assert!(allocs < 0.01, "{backend} allocs_per_op {allocs}");
+        }
+        assert!(
+            entries(&dir).is_empty(),
+            "temporary file left: {:?}",
+            entries(&dir)
+        );
+    }
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn bench_on_a_given_file_with_plot_reads_and_keeps_the_file() {
+    let dir = scratch("bench-file");
+    let file = dir.join("data");
+    let plot = dir.join("plot.svg");
+    let output = Command::new(BIN)
+        .args([
+            "bench",
+            "--rw",
+            "randread",
+            "--runtime",
+            "1s",
+            "--size",
+            "8m",
+            "--qd",
+            "1",
+        ])
+        .args(["--dsync", "--backend", "std", "--json", "--plot"])
+        .arg(&plot)
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results = parse_results(&output.stdout);
+    assert_eq!(results.len(), 1);
+    check_result(&results[0], "randread", 1);
+    assert_eq!(results[0]["dsync"], true);
+    // We created the file, so it is removed; the plot stays.
+    assert!(!file.exists());
+    let svg = fs::read_to_string(&plot).unwrap();
+    assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+    assert!(svg.contains("latency (log scale)") && svg.contains("IOPS (ops/s)"));
+
+    // An existing file is used as is and kept (and laid out to --size first).
+    fs::write(&file, b"").unwrap();
+    let output = run_in(
+        &dir,
+        &[
+            "bench",
+            "data",
+            "--rw",
+            "write",
+            "--runtime",
+            "300ms",
+            "--size",
+            "4m",
+            "--backend",
+            "threads",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("threads") && table.contains("p99.9 µs"),
+        "{table}"
+    );
+    assert_eq!(fs::metadata(&file).unwrap().len(), 4 << 20);
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn compare_runs_every_backend() {
+    let dir = scratch("compare");
+    let output = run_in(
+        &dir,
+        &[
+            "bench",
+            "--compare",
+            "--rounds",
+            "1",
+            "--runtime",
+            "300ms",
+            "--size",
+            "4m",
+            "--qd",
+            "2",
+            "--json",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results = parse_results(&output.stdout);
+    let backends: Vec<&str> = results
+        .iter()
+        .map(|r| r["backend"].as_str().unwrap())
+        .collect();
+    assert_eq!(&backends[..4], ["uring", "threads", "std", "tokio"]);
+    let fio_installed = Command::new("fio")
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert_eq!(
+        backends.len(),
+        if fio_installed { 5 } else { 4 },
+        "{backends:?}"
+    );
+    for result in &results {
+        check_result(result, "randwrite", 2);
+    }
+    assert!(entries(&dir).is_empty(), "left {:?}", entries(&dir));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn interrupt_removes_the_temporary_file() {
+    let dir = scratch("interrupt");
+    let mut child = Command::new(BIN)
+        .args([
+            "bench",
+            "--runtime",
+            "30s",
+            "--size",
+            "8m",
+            "--backend",
+            "std",
+            "--qd",
+            "1",
+        ])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Wait until the temporary file exists, then send SIGINT as Ctrl-C would.
+    let started = std::time::Instant::now();
+    while entries(&dir).is_empty() && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(!entries(&dir).is_empty(), "bench never created its file");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = child.wait().unwrap();
+    assert!(!exit.success());
+    assert!(entries(&dir).is_empty(), "left {:?}", entries(&dir));
+    let _ = fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn probe_reports_text_and_json() {
+    let dir = scratch("probe");
+    let output = run_in(&dir, &["probe"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = String::from_utf8_lossy(&output.stdout);
+    for key in [
+        "kernel",
+        "io_uring",
+        "file system",
+        "STATX_DIOALIGN",
+        "O_DIRECT open",
+        "O_DSYNC open",
+        "block device",
+        "auto backend",
+    ] {
+        assert!(text.contains(key), "{key} missing in {text}");
+    }
+    let output = run_in(&dir, &["probe", "--json"]);
+    assert!(output.status.success());
+    let value: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert!(value["kernel"].is_string());
+    assert!(value["io_uring"]["usable"].is_boolean());
+    assert!(value["open_o_direct"]["ok"].is_boolean());
+    assert!(value["direct_io_alignment"]["offset"].as_u64().unwrap() >= 512);
+    assert!(value["auto_backend"]["backend"].is_string());
+    assert!(entries(&dir).is_empty(), "probe left {:?}", entries(&dir));
+    let _ = fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,130 @@
+//! Zero heap allocations per operation in steady state, counted by a global allocator, over
+//! 100,000 operations on each driver. (Its own test binary: nothing else allocates meanwhile.)
+
+mod common;
+
+use common::{drivers, scratch_dir};
+use directfile::OpenOptions;
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::Poll;
+
+struct Counting;
+static ALLOCS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts calls.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: the caller's obligations are passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCS.fetch_add(1, Ordering::Relaxed);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Counting = Counting;
+
+const OPS: usize = 100_000;
+const DEPTH: usize = 32;
+
+/// Polls every lane until all are done; allocates only when made (futures' join_all collects
+/// outputs into a heap as lanes finish, which would be counted against us).
+fn join_without_allocating<F: Future<Output = ()>>(lanes: Vec<F>) -> impl Future<Output = ()> {
+    // Boxed here, when the join is made, not when it is first polled.
+    let mut lanes: Vec<Option<Pin<Box<F>>>> =
+        lanes.into_iter().map(|f| Some(Box::pin(f))).collect();
+    std::future::poll_fn(move |cx| {
+        let mut pending = false;
+        for lane in lanes.iter_mut() {
+            if let Some(f) = lane {
+                if f.as_mut().poll(cx).is_ready() {
+                    *lane = None;
+                } else {
+                    pending = true;
+                }
+            }
+        }
+        if pending {
+            Poll::Pending
+        } else {
+            Poll::Ready(())
+        }
+    })
+}
+
+#[test]
+fn no_allocation_per_operation() {
+    for driver in drivers() {
+        let dir = scratch_dir("allocs");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .driver(&driver)
+            .open(dir.join("f"))
+            .unwrap();
+        let unit = file.alignment().offset;
+        let pool = driver.buf_pool(DEPTH, 4096.max(unit), 4096);
+        let (warm, steady) = futures::executor::block_on(async {
+            // DEPTH concurrent loops inside one future; each op writes, odd ones read back.
+            let run = |ops: usize| {
+                let loops: Vec<_> = (0..DEPTH)
+                    .map(|lane| {
+                        let (file, pool) = (file.clone(), pool.clone());
+                        async move {
+                            let mut buf = pool.get().await;
+                            for i in 0..ops / DEPTH {
+                                buf.set_len(buf.capacity());
+                                let off = ((lane * 64 + i % 64) * buf.capacity()) as u64;
+                                let (n, b) = if i % 2 == 0 {
+                                    file.write_at(buf, off).await
+                                } else {
+                                    file.read_at(buf, off).await
+                                };
+                                n.unwrap();
+                                buf = b;
+                            }
+                        }
+                    })
+                    .collect();
+                join_without_allocating(loops)
+            };
+            let before = ALLOCS.load(Ordering::Relaxed);
+            let warm_up = run(DEPTH * 64);
+            warm_up.await;
+            let after_warm = ALLOCS.load(Ordering::Relaxed);
+            let measured = run(OPS);
+            let start = ALLOCS.load(Ordering::Relaxed);
+            measured.await;
+            let end = ALLOCS.load(Ordering::Relaxed);
+            (after_warm - before, end - start)
+        });
+        let per_op = steady as f64 / OPS as f64;
+        println!(
+            "{}: {steady} allocations in {OPS} operations ({per_op:.5}/op; warm-up {warm})",
+            driver.backend()
+        );
+        assert_eq!(
+            steady,
+            0,
+            "{}: allocations in steady state",
+            driver.backend()
+        );
+    }
+}

@@ -1,0 +1,151 @@
+//! 64 concurrent tasks, 20,000 random aligned writes of random sizes with random early drops
+//! (cancellations), then everything read back and compared with a model of what may be there.
+
+mod common;
+
+use common::{drivers, scratch_dir, Rng};
+use directfile::{File, OpenOptions};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+const TASKS: usize = 64;
+const WRITES: usize = 20_000;
+const UNITS_PER_TASK: usize = 64;
+const MAX_UNITS_PER_WRITE: usize = 8;
+
+/// The content of one alignment unit written by write `id`: every 8 bytes hold
+/// `(id << 24) | unit index`, so any unit read back names the write it came from.
+fn fill(buf: &mut [u8], id: u64, first_unit: usize, unit: usize) {
+    for (u, chunk) in buf.chunks_mut(unit).enumerate() {
+        let tag = (id << 24) | (first_unit + u) as u64;
+        for word in chunk.chunks_mut(8) {
+            word.copy_from_slice(&tag.to_le_bytes());
+        }
+    }
+}
+
+/// One task: owns units `[base, base + UNITS_PER_TASK)`; returns, per unit, the set of write
+/// ids that may be there (0: never written, i.e. zeroes).
+async fn task(file: File, task_index: usize, writes: usize, seed: u64) -> Vec<HashSet<u64>> {
+    let unit = file.alignment().offset;
+    let base = task_index * UNITS_PER_TASK;
+    let mut rng = Rng(seed);
+    let mut possible: Vec<HashSet<u64>> = vec![HashSet::from([0]); UNITS_PER_TASK];
+    // Cancelled writes that may still be running: one that a worker or the device had already
+    // started completes after its future is gone, possibly after a later write to the same
+    // units. It lands whole per unit or not at all.
+    let mut late: Vec<HashSet<u64>> = vec![HashSet::new(); UNITS_PER_TASK];
+    let mut buf = Some(file.alloc_buf(MAX_UNITS_PER_WRITE * unit));
+    for w in 0..writes {
+        let id = ((task_index as u64) << 20) | (w as u64 + 1);
+        let units = 1 + rng.below(MAX_UNITS_PER_WRITE as u64) as usize;
+        let first = rng.below((UNITS_PER_TASK - units + 1) as u64) as usize;
+        let mut b = buf
+            .take()
+            .unwrap_or_else(|| file.alloc_buf(MAX_UNITS_PER_WRITE * unit));
+        b.set_len(units * unit);
+        fill(&mut b, id, base + first, unit);
+        let fut = file.write_at(b, ((base + first) * unit) as u64);
+        if rng.below(10) == 0 {
+            // Cancel: poll once (submitted) or not at all, then drop. The write may or may not
+            // reach the file, unit by unit; the buffer is gone with the future (the driver
+            // frees it once the kernel is done with it).
+            let mut fut = Box::pin(fut);
+            if rng.below(2) == 0 {
+                let _ = futures::poll!(fut.as_mut());
+            }
+            drop(fut);
+            for k in first..first + units {
+                possible[k].insert(id);
+                late[k].insert(id);
+            }
+        } else {
+            let (n, b) = fut.await;
+            assert_eq!(n.expect("write"), units * unit);
+            buf = Some(b);
+            for k in first..first + units {
+                possible[k] = late[k].iter().copied().chain([id]).collect();
+            }
+        }
+    }
+    possible
+}
+
+#[test]
+fn random_writes_with_cancellations_match_the_model() {
+    for driver in drivers() {
+        let dir = scratch_dir("integrity");
+        let path = dir.join("data");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .driver(&driver)
+            .open(&path)
+            .unwrap();
+        let unit = file.alignment().offset;
+        let total_units = TASKS * UNITS_PER_TASK;
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .build()
+            .unwrap();
+        let models: Vec<Vec<HashSet<u64>>> = rt.block_on(async {
+            let handles: Vec<_> = (0..TASKS)
+                .map(|t| {
+                    tokio::spawn(task(
+                        file.clone(),
+                        t,
+                        WRITES / TASKS,
+                        0x9e37_79b9 + t as u64,
+                    ))
+                })
+                .collect();
+            let mut out = Vec::new();
+            for h in handles {
+                out.push(h.await.unwrap());
+            }
+            out
+        });
+        // Every cancelled write has completed or been withdrawn once the futures are gone.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while driver.in_flight() > 0 {
+            assert!(std::time::Instant::now() < deadline, "slots still busy");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let mut back = file.alloc_buf(total_units * unit);
+        back.set_len(total_units * unit);
+        let (n, back) = futures::executor::block_on(file.read_at(back, 0));
+        let n = n.unwrap();
+        let models = Arc::new(models);
+        for u in 0..total_units {
+            let (t, k) = (u / UNITS_PER_TASK, u % UNITS_PER_TASK);
+            let bytes = if u * unit < n {
+                &back[u * unit..(u + 1) * unit]
+            } else {
+                &[][..]
+            };
+            let id = if bytes.is_empty() || bytes.iter().all(|&b| b == 0) {
+                0
+            } else {
+                let tag = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+                assert!(
+                    bytes.chunks(8).all(|w| w == tag.to_le_bytes()),
+                    "unit {u} is torn or garbage on {}",
+                    driver.backend()
+                );
+                assert_eq!(
+                    tag & 0xff_ffff,
+                    u as u64,
+                    "unit {u} holds another unit's data"
+                );
+                tag >> 24
+            };
+            assert!(
+                models[t][k].contains(&id),
+                "unit {u}: found write {id:#x}, expected one of {:?} ({})",
+                models[t][k],
+                driver.backend()
+            );
+        }
+    }
+}
