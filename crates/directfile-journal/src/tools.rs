@@ -501,7 +501,11 @@ pub fn bench(config: &BenchConfig) -> crate::Result<Vec<BenchResult>> {
 fn bench_directfile(config: &BenchConfig) -> crate::Result<BenchResult> {
     let scratch = ScratchDir::new(&config.dir, "directfile")?;
     if config.std_storage {
-        return bench_journal(config, StdStorage::new(&scratch.0)?, BenchJournal::StdODirect);
+        return bench_journal(
+            config,
+            StdStorage::new(&scratch.0)?,
+            BenchJournal::StdODirect,
+        );
     }
     let storage = match &config.driver {
         Some(driver) => DirectFileStorage::with_driver(&scratch.0, driver.clone())?,
