@@ -604,6 +604,28 @@ mod tests {
     }
 
     proptest! {
+        /// Garbage, or a valid segment with random bytes overwritten, never panics the scan or
+        /// the planner, and whatever the planner keeps is a verified prefix.
+        #[test]
+        fn scan_and_plan_survive_arbitrary_damage(
+            writes in proptest::collection::vec((0usize..SEGMENT_BYTES, proptest::collection::vec(any::<u8>(), 1..600)), 0..6),
+            garbage_segment in proptest::collection::vec(any::<u8>(), 0..4096),
+        ) {
+            let (mut bytes, _) = segment(1, 1, 12, 2);
+            for (at, data) in &writes {
+                let end = (*at + data.len()).min(bytes.len());
+                bytes[*at..end].copy_from_slice(&data[..end - at]);
+            }
+            let scans = [scan_segment(1, &bytes), scan_segment(2, &garbage_segment)];
+            if let Ok(plan) = plan(&scans) {
+                prop_assert!(plan.next_lsn >= 1);
+                prop_assert!(plan.record_count <= 24);
+                for batch in &scans[0].batches {
+                    prop_assert!(batch.first_lsn + u64::from(batch.record_count) <= plan.next_lsn);
+                }
+            }
+        }
+
         /// Truncating a segment anywhere or zeroing/garbling any suffix never yields a record
         /// that was not written, and always keeps every batch before the damage.
         #[test]
