@@ -192,6 +192,9 @@ struct MemDisk {
     /// Writes submitted and not yet completed: write index -> (segment, offset, data).
     in_flight: BTreeMap<u64, (u64, u64, Vec<u8>)>,
     in_flight_max: usize,
+    creates_started: u64,
+    /// Segment creations with an index >= this fail.
+    fail_creates_from: Option<u64>,
 }
 
 /// What a crash does to one sector of an in-flight write.
@@ -261,6 +264,11 @@ impl MemStorage {
     /// Makes write number `index` (counting from 0) and every later write fail.
     pub fn fail_writes_from(&self, index: u64) {
         self.disk.lock().expect("mem disk").fail_writes_from = Some(index);
+    }
+
+    /// Makes segment creation number `index` (counting from 0) and every later one fail.
+    pub fn fail_creates_from(&self, index: u64) {
+        self.disk.lock().expect("mem disk").fail_creates_from = Some(index);
     }
 
     /// Delays the completion of write number `index` by `delay(index)`, on a helper thread, so
@@ -418,6 +426,13 @@ impl Storage for MemStorage {
 
     async fn create_segment(&self, number: u64, bytes: u64) -> io::Result<MemSegment> {
         let mut disk = self.disk.lock().expect("mem disk");
+        let index = disk.creates_started;
+        disk.creates_started += 1;
+        if disk.fail_creates_from.is_some_and(|from| index >= from) {
+            return Err(io::Error::other(format!(
+                "injected failure of segment creation {index}"
+            )));
+        }
         if disk.files.contains_key(&number) {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,

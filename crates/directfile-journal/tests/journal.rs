@@ -304,6 +304,37 @@ async fn first_failed_write_poisons_the_journal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_segment_preallocation_poisons_at_rotation() {
+    let storage = MemStorage::new();
+    // Creation 0 is the segment `open` starts; creation 1, the first spare, fails.
+    storage.fail_creates_from(1);
+    let (journal, _) = Journal::open_with_storage(storage, small_options())
+        .await
+        .unwrap();
+    let record = vec![7u8; 3000];
+    let mut acknowledged = 0;
+    let error = loop {
+        match journal.append(&record).await {
+            Ok(lsn) => acknowledged = lsn.0,
+            Err(error) => break error,
+        }
+    };
+    assert!(matches!(error, Error::Poisoned(_)), "{error}");
+    assert!(
+        error
+            .to_string()
+            .contains("creating the next segment failed"),
+        "{error}"
+    );
+    // A 64 KiB segment holds 15 batches of one 3016-byte record after its header block.
+    assert_eq!(acknowledged, 15);
+    assert!(matches!(
+        journal.append(b"x").await,
+        Err(Error::Poisoned(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn second_opener_is_refused() {
     let dir = test_dir("lock");
     let (journal, _) = Journal::open_with_storage(StdStorage::new(&dir).unwrap(), small_options())
