@@ -153,6 +153,8 @@ struct State<S: Storage> {
     writes_in_flight: usize,
     /// An appender found the filling batch too full for its record: take it now.
     filling_blocked: bool,
+    /// Reusable lists for leading appenders to collect wakers in.
+    wake_lists: Vec<Vec<Waker>>,
     spare: Option<SpareResult<S::Segment>>,
     header_buf: Option<S::Buf>,
     stats: JournalStats,
@@ -425,6 +427,7 @@ impl<S: Storage> Journal<S> {
             rotating: false,
             writes_in_flight: 0,
             filling_blocked: false,
+            wake_lists: (0..2).map(|_| Vec::with_capacity(256)).collect(),
             spare: None,
             header_buf: Some(header_buf),
             stats: JournalStats {
@@ -480,12 +483,8 @@ impl<S: Storage> Journal<S> {
     /// # Errors
     /// [`Error::Poisoned`] if this or an earlier write failed, [`Error::RecordTooLarge`],
     /// [`Error::Closed`].
-    pub fn append<'a>(&'a self, record: &'a [u8]) -> Append<'a, S> {
-        Append {
-            shared: &self.shared,
-            records: Records::One(record),
-            state: AppendState::Start,
-        }
+    pub fn append<'a>(&'a self, record: &'a [u8]) -> impl Future<Output = Result<Lsn>> + Send + 'a {
+        self.shared.append(Records::One(record))
     }
 
     /// Appends several records with consecutive LSNs in one batch; resolves to the LSN of the
@@ -493,12 +492,11 @@ impl<S: Storage> Journal<S> {
     ///
     /// # Errors
     /// As [`Journal::append`]; the records together must fit in one batch.
-    pub fn append_batch<'a>(&'a self, records: &'a [&'a [u8]]) -> Append<'a, S> {
-        Append {
-            shared: &self.shared,
-            records: Records::Many(records),
-            state: AppendState::Start,
-        }
+    pub fn append_batch<'a>(
+        &'a self,
+        records: &'a [&'a [u8]],
+    ) -> impl Future<Output = Result<Lsn>> + Send + 'a {
+        self.shared.append(Records::Many(records))
     }
 
     /// LSN of the last acknowledged (durable) record; `Lsn(0)` if there is none.
@@ -687,13 +685,13 @@ async fn lane<S: Storage>(shared: Arc<Shared<S>>) {
         };
         if job.rotate {
             if let Err(error) = shared.rotate(&mut job, &mut wake_list).await {
-                shared.complete(job.seq, Err(error), job.buf, &mut wake_list);
+                shared.complete(job.seq, Err(error), job.buf, &mut wake_list, true);
                 continue;
             }
         }
         let segment = job.segment.take().expect("a taken batch has its segment");
         let (result, buf) = shared.storage.write_at(&segment, job.buf, job.offset).await;
-        shared.complete(job.seq, result, buf, &mut wake_list);
+        shared.complete(job.seq, result, buf, &mut wake_list, true);
     }
 }
 
@@ -727,8 +725,6 @@ impl<S: Storage> Shared<S> {
         if state.poison.is_some() {
             return Poll::Ready(None);
         }
-        let slot_count = state.slots.len() as u64;
-        let index = (state.next_seq % slot_count) as usize;
         let takeable = !state.rotating && state.filling_ready(&self.config);
         if !takeable {
             if state.closing && !state.rotating {
@@ -739,6 +735,17 @@ impl<S: Storage> Shared<S> {
             }
             return Poll::Pending;
         }
+        let job = self.take_filling(state);
+        wake_list.append(&mut state.space_waiters);
+        drop(guard);
+        wake_all(wake_list);
+        Poll::Ready(Some(job))
+    }
+
+    /// Takes the filling batch for writing: assigns its offset (or marks a rotation) and seals
+    /// it. The caller checked that it is ready.
+    fn take_filling(&self, state: &mut State<S>) -> Job<S> {
+        let index = (state.next_seq % state.slots.len() as u64) as usize;
         let seq = state.next_seq;
         state.next_seq += 1;
         state.writes_in_flight += 1;
@@ -766,10 +773,7 @@ impl<S: Storage> Shared<S> {
             job.segment = Some(state.active.handle.clone());
             self.seal_job(&mut job, state.active.number);
         }
-        wake_list.append(&mut state.space_waiters);
-        drop(guard);
-        wake_all(wake_list);
-        Poll::Ready(Some(job))
+        job
     }
 
     fn seal_job(&self, job: &mut Job<S>, segment_number: u64) {
@@ -855,7 +859,16 @@ impl<S: Storage> Shared<S> {
 
     /// Records the result of batch `seq` and acknowledges every batch that is now durable in
     /// order.
-    fn complete(&self, seq: u64, result: io::Result<()>, buf: S::Buf, wake_list: &mut Vec<Waker>) {
+    /// `by_lane`: a lane that completes goes on to take the next batch itself; an appender
+    /// that led its batch does not, so it wakes an idle lane when the filling batch is ready.
+    fn complete(
+        &self,
+        seq: u64,
+        result: io::Result<()>,
+        buf: S::Buf,
+        wake_list: &mut Vec<Waker>,
+        by_lane: bool,
+    ) {
         let mut guard = lock(&self.state);
         let state = &mut *guard;
         let slot_count = state.slots.len() as u64;
@@ -905,6 +918,9 @@ impl<S: Storage> Shared<S> {
             wake_list.append(&mut state.space_waiters);
             wake_list.extend(state.rotation_waker.take());
         }
+        if !by_lane {
+            wake_list.extend(state.lane_to_wake(&self.config));
+        }
         drop(guard);
         wake_all(wake_list);
     }
@@ -937,79 +953,58 @@ impl Records<'_> {
     }
 }
 
-enum AppendState {
-    Start,
-    Waiting {
-        lsn: u64,
-        seq: u64,
-        waker_index: usize,
-    },
-    Done,
+/// What the first step of an append produced.
+struct Appended<S: Storage> {
+    /// LSN of the (last) record appended.
+    lsn: u64,
+    /// Sequence number of the batch holding it.
+    seq: u64,
+    /// The batch, if this appender writes it itself (nothing else was in flight).
+    lead: Option<Job<S>>,
 }
 
-/// Future of [`Journal::append`] and [`Journal::append_batch`].
-pub struct Append<'a, S: Storage> {
-    shared: &'a Arc<Shared<S>>,
-    records: Records<'a>,
-    state: AppendState,
-}
-
-impl<S: Storage> Future for Append<'_, S> {
-    type Output = Result<Lsn>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Lsn>> {
-        let this = self.get_mut();
-        match this.state {
-            AppendState::Start => this.poll_start(cx),
-            AppendState::Waiting {
-                lsn,
-                seq,
-                waker_index,
-            } => {
-                let mut guard = lock(&this.shared.state);
-                let state = &mut *guard;
-                if state.durable_lsn >= lsn {
-                    this.state = AppendState::Done;
-                    return Poll::Ready(Ok(Lsn(lsn)));
-                }
-                if let Some((first_failed, error)) = &state.poison {
-                    if lsn >= *first_failed {
-                        this.state = AppendState::Done;
-                        return Poll::Ready(Err(Error::Poisoned(Arc::clone(error))));
-                    }
-                }
-                let slot_count = state.slots.len() as u64;
-                let slot = &mut state.slots[(seq % slot_count) as usize];
-                debug_assert_eq!(slot.seq, seq);
-                match slot.waiters.get_mut(waker_index) {
-                    Some(waker) if waker.will_wake(cx.waker()) => {}
-                    Some(waker) => *waker = cx.waker().clone(),
-                    None => slot.waiters.push(cx.waker().clone()),
-                }
-                Poll::Pending
+impl<S: Storage> Shared<S> {
+    /// Appends `records`: encodes them into the filling batch, then either writes that batch
+    /// from this task (when nothing else is in flight: no thread hand-off on the lone-writer
+    /// path) or leaves it to a lane, and waits until the records are acknowledged.
+    async fn append(&self, records: Records<'_>) -> Result<Lsn> {
+        let appended = poll_fn(|cx| self.poll_append(&records, cx)).await?;
+        if let Some(mut job) = appended.lead {
+            let segment = job.segment.take().expect("a led batch has its segment");
+            let write = self.storage.write_at(&segment, job.buf, job.offset);
+            LeaderWrite {
+                write,
+                shared: self,
+                seq: job.seq,
+                done: false,
             }
-            AppendState::Done => panic!("Append polled after completion"),
+            .await;
         }
+        WaitDurable {
+            shared: self,
+            lsn: appended.lsn,
+            seq: appended.seq,
+            waker_index: None,
+        }
+        .await
     }
-}
 
-impl<S: Storage> Append<'_, S> {
-    fn poll_start(&mut self, cx: &mut Context<'_>) -> Poll<Result<Lsn>> {
-        let shared = self.shared;
-        let config = &shared.config;
-        let mut guard = lock(&shared.state);
+    fn poll_append(
+        &self,
+        records: &Records<'_>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Appended<S>>> {
+        let config = &self.config;
+        let mut guard = lock(&self.state);
         let state = &mut *guard;
         if let Some((_, error)) = &state.poison {
-            self.state = AppendState::Done;
             return Poll::Ready(Err(Error::Poisoned(Arc::clone(error))));
         }
         if state.closing {
-            self.state = AppendState::Done;
             return Poll::Ready(Err(Error::Closed));
         }
-        let bytes = self.records.encoded_bytes();
-        if BATCH_HEADER_BYTES + bytes > config.batch_bytes_max || self.records.count() == 0 {
-            self.state = AppendState::Done;
+        let bytes = records.encoded_bytes();
+        if BATCH_HEADER_BYTES + bytes > config.batch_bytes_max || records.count() == 0 {
             return Poll::Ready(Err(Error::RecordTooLarge {
                 bytes: BATCH_HEADER_BYTES + bytes,
                 max_bytes: config.batch_bytes_max,
@@ -1047,28 +1042,124 @@ impl<S: Storage> Append<'_, S> {
             .expect("a filling slot owns its buffer")
             .as_full_mut();
         let mut lsn = state.next_lsn;
-        for index in 0..self.records.count() {
+        for index in 0..records.count() {
             slot.len += format::encode_record(
                 &mut buf[slot.len..],
                 config.generation,
                 lsn,
-                self.records.get(index),
+                records.get(index),
             );
             lsn += 1;
         }
-        let count = self.records.count() as u32;
-        slot.record_count += count;
+        slot.record_count += records.count() as u32;
         state.next_lsn = lsn;
-        slot.waiters.push(cx.waker().clone());
-        self.state = AppendState::Waiting {
-            lsn: lsn - 1,
-            seq,
-            waker_index: slot.waiters.len() - 1,
-        };
+        let padded = format::round_up(slot.len, config.block_bytes) as u64;
+        let lead = state.writes_in_flight == 0
+            && !state.rotating
+            && state.space_waiters.is_empty()
+            && state.active.write_offset + padded <= config.segment_bytes;
+        if lead {
+            let job = self.take_filling(state);
+            return Poll::Ready(Ok(Appended {
+                lsn: lsn - 1,
+                seq,
+                lead: Some(job),
+            }));
+        }
         let waker = state.lane_to_wake(config);
         drop(guard);
         if let Some(waker) = waker {
             waker.wake();
+        }
+        Poll::Ready(Ok(Appended {
+            lsn: lsn - 1,
+            seq,
+            lead: None,
+        }))
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// An appender writing its batch itself. If the append future is dropped before the write
+    /// completes, dropping this waits for the write to complete (blocking the thread, at most
+    /// one write) and records its result, so the batch is never left in an unknown state.
+    struct LeaderWrite<'a, S: Storage, F: Future<Output = (io::Result<()>, S::Buf)>> {
+        #[pin]
+        write: F,
+        shared: &'a Shared<S>,
+        seq: u64,
+        done: bool,
+    }
+
+    impl<'a, S: Storage, F: Future<Output = (io::Result<()>, S::Buf)>> PinnedDrop for LeaderWrite<'a, S, F> {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if !*this.done {
+                let (result, buf) = futures::executor::block_on(this.write);
+                this.shared.complete(*this.seq, result, buf, &mut Vec::new(), false);
+            }
+        }
+    }
+}
+
+impl<S: Storage, F: Future<Output = (io::Result<()>, S::Buf)>> Future for LeaderWrite<'_, S, F> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.project();
+        let (result, buf) = match this.write.poll(cx) {
+            Poll::Ready(done) => done,
+            Poll::Pending => return Poll::Pending,
+        };
+        *this.done = true;
+        let mut wake_list = lock(&this.shared.state)
+            .wake_lists
+            .pop()
+            .unwrap_or_default();
+        this.shared
+            .complete(*this.seq, result, buf, &mut wake_list, false);
+        lock(&this.shared.state).wake_lists.push(wake_list);
+        Poll::Ready(())
+    }
+}
+
+/// Waits until `lsn` is acknowledged or the journal is poisoned at or before it.
+struct WaitDurable<'a, S: Storage> {
+    shared: &'a Shared<S>,
+    lsn: u64,
+    seq: u64,
+    waker_index: Option<usize>,
+}
+
+impl<S: Storage> Future for WaitDurable<'_, S> {
+    type Output = Result<Lsn>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<Lsn>> {
+        let this = self.get_mut();
+        let mut guard = lock(&this.shared.state);
+        let state = &mut *guard;
+        if state.durable_lsn >= this.lsn {
+            return Poll::Ready(Ok(Lsn(this.lsn)));
+        }
+        if let Some((first_failed, error)) = &state.poison {
+            if this.lsn >= *first_failed {
+                return Poll::Ready(Err(Error::Poisoned(Arc::clone(error))));
+            }
+        }
+        // Not acknowledged, so the batch's slot still belongs to it.
+        let slot_count = state.slots.len() as u64;
+        let slot = &mut state.slots[(this.seq % slot_count) as usize];
+        debug_assert_eq!(slot.seq, this.seq);
+        match this
+            .waker_index
+            .and_then(|index| slot.waiters.get_mut(index))
+        {
+            Some(waker) if waker.will_wake(cx.waker()) => {}
+            Some(waker) => *waker = cx.waker().clone(),
+            None => {
+                slot.waiters.push(cx.waker().clone());
+                this.waker_index = Some(slot.waiters.len() - 1);
+            }
         }
         Poll::Pending
     }

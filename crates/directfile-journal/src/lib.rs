@@ -46,7 +46,7 @@ pub mod storage;
 pub mod tools;
 
 pub use directfile_storage::{DirectFileLock, DirectFileStorage};
-pub use journal::{Append, Journal, JournalOptions, JournalStats, Reader, Record};
+pub use journal::{Journal, JournalOptions, JournalStats, Reader, Record};
 pub use recovery::{Corruption, RecoveryMode, RecoveryReport, TornTail};
 pub use storage::{IoBuffer, MemStorage, StdStorage, Storage};
 

@@ -303,6 +303,63 @@ async fn first_failed_write_poisons_the_journal() {
     assert!(records.len() as u64 >= durable);
 }
 
+/// The first appender writes its batch itself; the ones that arrive meanwhile must still be
+/// written when no further append comes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn appends_behind_a_leading_appender_do_not_hang() {
+    let storage = MemStorage::new().with_write_delay(|_| Duration::from_millis(3));
+    let options = JournalOptions {
+        overlap_records_min: 16,
+        ..small_options()
+    };
+    let (journal, _) = Journal::open_with_storage(storage, options).await.unwrap();
+    let journal = Arc::new(journal);
+    for round in 0..5u64 {
+        let mut handles = Vec::new();
+        for task in 0..5u64 {
+            let journal = Arc::clone(&journal);
+            handles.push(tokio::spawn(async move {
+                journal.append(&payload(round * 10 + task)).await.unwrap()
+            }));
+        }
+        for handle in handles {
+            tokio::time::timeout(Duration::from_secs(10), handle)
+                .await
+                .expect("every append completes")
+                .unwrap();
+        }
+    }
+    assert_eq!(journal.durable_lsn(), Lsn(25));
+}
+
+/// Dropping an append whose task is writing its batch waits for that write, so the journal
+/// carries on with a known state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_a_leading_append_mid_write_keeps_the_journal_consistent() {
+    let storage = MemStorage::new().with_write_delay(|_| Duration::from_millis(20));
+    let (journal, _) = Journal::open_with_storage(storage.clone(), small_options())
+        .await
+        .unwrap();
+    let cancelled =
+        tokio::time::timeout(Duration::from_millis(2), journal.append(b"cancelled")).await;
+    assert!(
+        cancelled.is_err(),
+        "the write takes longer than the timeout"
+    );
+    assert_eq!(
+        journal.durable_lsn(),
+        Lsn(1),
+        "the dropped append's write completed"
+    );
+    assert_eq!(journal.append(b"next").await.unwrap(), Lsn(2));
+    let records = read_all(&journal, Lsn(1)).await;
+    assert_eq!(
+        records,
+        vec![(1, b"cancelled".to_vec()), (2, b"next".to_vec())]
+    );
+    assert!(!journal.is_poisoned());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_segment_preallocation_poisons_at_rotation() {
     let storage = MemStorage::new();
