@@ -36,9 +36,19 @@ const ZERO_FILL_CHUNK_BYTES: usize = 4 << 20;
 pub struct DirectFileStorage {
     dir: PathBuf,
     driver: Driver,
+    /// A driver that spins on its completion queue, for writes of a lone writer.
+    alone_driver: Option<Driver>,
     block_bytes: usize,
     /// One zeroed buffer, kept for zero-filling new segments without allocating each time.
     zeros: Arc<Mutex<Option<AlignedBuf>>>,
+}
+
+/// A segment of a [`DirectFileStorage`]: the file on the storage's driver, and a second
+/// handle on the spinning driver for a lone writer's writes.
+#[derive(Clone)]
+pub struct DirectFileSegment {
+    file: File,
+    alone: Option<File>,
 }
 
 /// Holds `flock(LOCK_EX)` on the directory's `LOCK` file.
@@ -51,13 +61,15 @@ fn to_io(error: directfile::Error) -> io::Error {
 }
 
 impl DirectFileStorage {
-    /// Storage in `dir` (created if missing) on a driver of its own (backend chosen as
-    /// `Driver::new` does, `DIRECTFILE_BACKEND` respected) that never spins.
+    /// Storage in `dir` (created if missing) on two drivers of its own (backend chosen as
+    /// `Driver::new` does, `DIRECTFILE_BACKEND` respected): one that never spins, for lanes
+    /// and everything else, and one that spins up to 250 us on its completion queue, for the
+    /// write of a lone writer ([`Storage::write_at_alone`]).
     ///
-    /// Why not spin: on the 2-core VM this was measured on, spinning on the completion queue
-    /// (the driver's default, 250 us) cost 20-40% of the 64-writer throughput, because the
-    /// spinning lane takes a core from the appenders, and did not measurably help the
-    /// single-writer commit latency. Queue depth 64 is plenty for a journal (a few batches in
+    /// Why two: measured on a 2-core VM, spinning saves the completion wake-up of a lone
+    /// writer (commit p50 about 105-130 us instead of 120-165 us, fio's O_DSYNC QD1 write
+    /// being 95-160 us), but spinning under load takes a core from the appenders and cut the
+    /// 64-writer throughput by 70%. Queue depth 64 is plenty for a journal (a few batches in
     /// flight, plus reads and segment zero-filling); the thread-pool backend gets 8 workers.
     ///
     /// # Errors
@@ -70,7 +82,15 @@ impl DirectFileStorage {
             .threads(8)
             .build()
             .map_err(to_io)?;
-        DirectFileStorage::with_driver(dir, driver)
+        let alone_driver = Driver::builder()
+            .spin(std::time::Duration::from_micros(250))
+            .queue_depth(8)
+            .threads(2)
+            .build()
+            .map_err(to_io)?;
+        let mut storage = DirectFileStorage::with_driver(dir, driver)?;
+        storage.alone_driver = Some(alone_driver);
+        Ok(storage)
     }
 
     /// Storage in `dir` whose files use `driver`.
@@ -97,6 +117,7 @@ impl DirectFileStorage {
         Ok(DirectFileStorage {
             dir,
             driver,
+            alone_driver: None,
             block_bytes,
             zeros: Arc::default(),
         })
@@ -121,10 +142,39 @@ impl DirectFileStorage {
             .driver(&self.driver);
         options
     }
+
+    /// Adds the lone-writer handle (on the spinning driver) to an open segment file.
+    fn segment(&self, file: File, number: u64) -> io::Result<DirectFileSegment> {
+        let alone = match &self.alone_driver {
+            Some(driver) => Some(
+                self.open_options()
+                    .driver(driver)
+                    .open(self.dir.join(segment_file_name(number)))
+                    .map_err(to_io)?,
+            ),
+            None => None,
+        };
+        Ok(DirectFileSegment { file, alone })
+    }
+}
+
+/// One write-through write of the whole buffer; a short write is an error.
+async fn write_whole(file: &File, buf: AlignedBuf, offset: u64) -> (io::Result<()>, AlignedBuf) {
+    let expected = buf.len();
+    let (result, buf) = file.write_at(buf, offset).await;
+    let result = match result {
+        Ok(count) if count == expected => Ok(()),
+        Ok(count) => Err(io::Error::new(
+            io::ErrorKind::WriteZero,
+            format!("short write: {count} of {expected} bytes at offset {offset}"),
+        )),
+        Err(e) => Err(to_io(e)),
+    };
+    (result, buf)
 }
 
 impl Storage for DirectFileStorage {
-    type Segment = File;
+    type Segment = DirectFileSegment;
     type Buf = AlignedBuf;
     type Lock = DirectFileLock;
 
@@ -161,7 +211,7 @@ impl Storage for DirectFileStorage {
         list_segment_files(&self.dir)
     }
 
-    async fn create_segment(&self, number: u64, bytes: u64) -> io::Result<File> {
+    async fn create_segment(&self, number: u64, bytes: u64) -> io::Result<DirectFileSegment> {
         let file = self
             .open_options()
             .create_new(true)
@@ -201,13 +251,15 @@ impl Storage for DirectFileStorage {
         result?;
         file.sync_all().await.map_err(to_io)?;
         sync_dir(&self.dir)?;
-        Ok(file)
+        self.segment(file, number)
     }
 
-    fn open_segment(&self, number: u64) -> io::Result<File> {
-        self.open_options()
+    fn open_segment(&self, number: u64) -> io::Result<DirectFileSegment> {
+        let file = self
+            .open_options()
             .open(self.dir.join(segment_file_name(number)))
-            .map_err(to_io)
+            .map_err(to_io)?;
+        self.segment(file, number)
     }
 
     fn remove_segment(&self, number: u64) -> io::Result<()> {
@@ -215,38 +267,37 @@ impl Storage for DirectFileStorage {
         sync_dir(&self.dir)
     }
 
-    fn segment_len(&self, segment: &File) -> io::Result<u64> {
-        segment.len().map_err(to_io)
+    fn segment_len(&self, segment: &DirectFileSegment) -> io::Result<u64> {
+        segment.file.len().map_err(to_io)
     }
 
     async fn write_at(
         &self,
-        segment: &File,
+        segment: &DirectFileSegment,
         buf: AlignedBuf,
         offset: u64,
     ) -> (io::Result<()>, AlignedBuf) {
-        let expected = buf.len();
-        let (result, buf) = segment.write_at(buf, offset).await;
-        let result = match result {
-            Ok(count) if count == expected => Ok(()),
-            Ok(count) => Err(io::Error::new(
-                io::ErrorKind::WriteZero,
-                format!("short write: {count} of {expected} bytes at offset {offset}"),
-            )),
-            Err(e) => Err(to_io(e)),
-        };
-        (result, buf)
+        write_whole(&segment.file, buf, offset).await
+    }
+
+    async fn write_at_alone(
+        &self,
+        segment: &DirectFileSegment,
+        buf: AlignedBuf,
+        offset: u64,
+    ) -> (io::Result<()>, AlignedBuf) {
+        write_whole(segment.alone.as_ref().unwrap_or(&segment.file), buf, offset).await
     }
 
     async fn read_at(
         &self,
-        segment: &File,
+        segment: &DirectFileSegment,
         mut buf: AlignedBuf,
         offset: u64,
     ) -> (io::Result<usize>, AlignedBuf) {
         let capacity = buf.capacity();
         buf.set_len(capacity);
-        let (result, mut buf) = segment.read_at(buf, offset).await;
+        let (result, mut buf) = segment.file.read_at(buf, offset).await;
         match result {
             Ok(count) => (Ok(count), buf),
             Err(e) => {
@@ -256,8 +307,8 @@ impl Storage for DirectFileStorage {
         }
     }
 
-    async fn truncate_segment(&self, segment: &File, len: u64) -> io::Result<()> {
-        segment.set_len(len).await.map_err(to_io)?;
-        segment.sync_all().await.map_err(to_io)
+    async fn truncate_segment(&self, segment: &DirectFileSegment, len: u64) -> io::Result<()> {
+        segment.file.set_len(len).await.map_err(to_io)?;
+        segment.file.sync_all().await.map_err(to_io)
     }
 }

@@ -155,6 +155,9 @@ struct State<S: Storage> {
     filling_blocked: bool,
     /// Reusable lists for leading appenders to collect wakers in.
     wake_lists: Vec<Vec<Waker>>,
+    /// Appends that arrived while a batch was being written, since the last led batch: zero
+    /// means the leading appender is alone and may wait for its write eagerly.
+    appends_while_writing: u64,
     spare: Option<SpareResult<S::Segment>>,
     header_buf: Option<S::Buf>,
     stats: JournalStats,
@@ -428,6 +431,7 @@ impl<S: Storage> Journal<S> {
             writes_in_flight: 0,
             filling_blocked: false,
             wake_lists: (0..2).map(|_| Vec::with_capacity(256)).collect(),
+            appends_while_writing: 0,
             spare: None,
             header_buf: Some(header_buf),
             stats: JournalStats {
@@ -961,6 +965,8 @@ struct Appended<S: Storage> {
     seq: u64,
     /// The batch, if this appender writes it itself (nothing else was in flight).
     lead: Option<Job<S>>,
+    /// No other append arrived while the previous batch was written: a lone writer.
+    alone: bool,
 }
 
 impl<S: Storage> Shared<S> {
@@ -971,14 +977,26 @@ impl<S: Storage> Shared<S> {
         let appended = poll_fn(|cx| self.poll_append(&records, cx)).await?;
         if let Some(mut job) = appended.lead {
             let segment = job.segment.take().expect("a led batch has its segment");
-            let write = self.storage.write_at(&segment, job.buf, job.offset);
-            LeaderWrite {
-                write,
-                shared: self,
-                seq: job.seq,
-                done: false,
+            let seq = job.seq;
+            if appended.alone {
+                let write = self.storage.write_at_alone(&segment, job.buf, job.offset);
+                LeaderWrite {
+                    write,
+                    shared: self,
+                    seq,
+                    done: false,
+                }
+                .await;
+            } else {
+                let write = self.storage.write_at(&segment, job.buf, job.offset);
+                LeaderWrite {
+                    write,
+                    shared: self,
+                    seq,
+                    done: false,
+                }
+                .await;
             }
-            .await;
         }
         WaitDurable {
             shared: self,
@@ -1053,6 +1071,9 @@ impl<S: Storage> Shared<S> {
         }
         slot.record_count += records.count() as u32;
         state.next_lsn = lsn;
+        if state.writes_in_flight > 0 {
+            state.appends_while_writing += 1;
+        }
         let padded = format::round_up(slot.len, config.block_bytes) as u64;
         let lead = state.writes_in_flight == 0
             && !state.rotating
@@ -1060,10 +1081,13 @@ impl<S: Storage> Shared<S> {
             && state.active.write_offset + padded <= config.segment_bytes;
         if lead {
             let job = self.take_filling(state);
+            let alone = state.appends_while_writing == 0;
+            state.appends_while_writing = 0;
             return Poll::Ready(Ok(Appended {
                 lsn: lsn - 1,
                 seq,
                 lead: Some(job),
+                alone,
             }));
         }
         let waker = state.lane_to_wake(config);
@@ -1075,6 +1099,7 @@ impl<S: Storage> Shared<S> {
             lsn: lsn - 1,
             seq,
             lead: None,
+            alone: false,
         }))
     }
 }

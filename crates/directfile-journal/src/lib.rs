@@ -45,7 +45,7 @@ pub mod recovery;
 pub mod storage;
 pub mod tools;
 
-pub use directfile_storage::{DirectFileLock, DirectFileStorage};
+pub use directfile_storage::{DirectFileLock, DirectFileSegment, DirectFileStorage};
 pub use journal::{Journal, JournalOptions, JournalStats, Reader, Record};
 pub use recovery::{Corruption, RecoveryMode, RecoveryReport, TornTail};
 pub use storage::{IoBuffer, MemStorage, StdStorage, Storage};

@@ -87,6 +87,16 @@ pub trait Storage: Send + Sync + 'static {
         buf: Self::Buf,
         offset: u64,
     ) -> impl Future<Output = (io::Result<()>, Self::Buf)> + Send;
+    /// Like [`Storage::write_at`], for the write of a lone writer that nothing else is waiting
+    /// behind: the storage may wait for it more eagerly (spin on a completion queue).
+    fn write_at_alone(
+        &self,
+        segment: &Self::Segment,
+        buf: Self::Buf,
+        offset: u64,
+    ) -> impl Future<Output = (io::Result<()>, Self::Buf)> + Send {
+        self.write_at(segment, buf, offset)
+    }
     /// Reads up to `buf.capacity()` bytes at `offset`; sets `buf`'s length to the bytes read
     /// (fewer at end of file).
     fn read_at(
