@@ -13,6 +13,13 @@
 //! Completions may arrive in any order; a batch is acknowledged only when it and every earlier
 //! batch completed, so acknowledgements go out in LSN order.
 //!
+//! An appender that finds nothing in flight writes its batch itself, from its own task: no
+//! hand-off to a lane and back, which is what a lone writer's commit latency is made of. If no
+//! other append arrived during the previous write it uses [`Storage::write_at_alone`] (on
+//! `directfile`: a driver that spins on its completion queue). If such an append future is
+//! dropped mid-write, its drop waits for the write (at most one write) and records the result,
+//! so a batch is never left in an unknown state; then a lane is woken for what queued behind.
+//!
 //! Nothing is allocated per append in steady state: buffers and waiter lists are reused (their
 //! capacity stays), wakers are cloned (a reference count for the common executors).
 //!
