@@ -3,7 +3,7 @@
 //! [`Journal::append`] returns only when its record and every earlier one are durable. Appenders
 //! from any number of tasks fill the current aligned batch; background lanes write each batch
 //! with one write-through write while the next batch fills; acknowledgements go out strictly in
-//! LSN order. The first failed write poisons the journal. See [`format`] for the on-disk layout
+//! LSN order. The first failed write poisons the journal. See [`format`](mod@format) for the on-disk layout
 //! and [`recovery`] for how a torn tail is told from corruption.
 //!
 //! The journal is generic over its [`Storage`]: [`MemStorage`] (tests, fault injection),
