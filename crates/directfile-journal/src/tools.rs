@@ -1,0 +1,797 @@
+//! What the `directfile journal {dump, verify, bench}` commands do; the CLI only parses flags
+//! and prints these reports.
+
+use std::fmt;
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::task::LocalSpawnExt;
+use hdrhistogram::Histogram;
+
+use crate::format::{self, RECORD_HEADER_BYTES};
+use crate::recovery::{self, HeaderState, Plan, SegmentEnd, SegmentScan};
+use crate::storage::{list_segment_files, segment_file_name};
+use crate::{Corruption, DirectFileStorage, Journal, JournalOptions, StdStorage, Storage};
+
+// ---------------------------------------------------------------------------------------------
+// dump and verify
+
+fn scan_dir(dir: &Path) -> io::Result<Vec<(SegmentScan, Vec<u8>)>> {
+    let mut scans = Vec::new();
+    for number in list_segment_files(dir)? {
+        let bytes = fs::read(dir.join(segment_file_name(number)))?;
+        scans.push((recovery::scan_segment(number, &bytes), bytes));
+    }
+    Ok(scans)
+}
+
+/// Everything in a journal directory: segments, batches, records.
+#[derive(Debug, Clone)]
+pub struct DumpReport {
+    pub dir: PathBuf,
+    pub segments: Vec<SegmentDump>,
+}
+
+/// One segment of a [`DumpReport`].
+#[derive(Debug, Clone)]
+pub struct SegmentDump {
+    pub scan: SegmentScan,
+    /// For each batch of `scan.batches`, its records as (LSN, payload bytes).
+    pub records: Vec<Vec<(u64, usize)>>,
+}
+
+/// Reads every segment of the journal in `dir` (without locking it) and lists what it holds.
+///
+/// # Errors
+/// If the directory or a segment cannot be read.
+pub fn dump(dir: impl AsRef<Path>) -> io::Result<DumpReport> {
+    let dir = dir.as_ref();
+    let mut segments = Vec::new();
+    for (scan, bytes) in scan_dir(dir)? {
+        let mut records = Vec::new();
+        if let HeaderState::Valid(header) = &scan.header {
+            for batch in &scan.batches {
+                let decoded =
+                    format::decode_batch(&bytes[batch.offset as usize..], header, batch.first_lsn)
+                        .expect("the scan verified this batch");
+                records.push(
+                    decoded
+                        .records()
+                        .map(|r| (r.lsn, r.payload.len()))
+                        .collect(),
+                );
+            }
+        }
+        segments.push(SegmentDump { scan, records });
+    }
+    Ok(DumpReport {
+        dir: dir.to_path_buf(),
+        segments,
+    })
+}
+
+fn write_end(f: &mut fmt::Formatter<'_>, scan: &SegmentScan) -> fmt::Result {
+    match &scan.end {
+        SegmentEnd::Clean => writeln!(f, "  end: clean at offset {}", scan.valid_end),
+        SegmentEnd::Damaged { offset, reason, damaged_end, within_torn_window } => writeln!(
+            f,
+            "  end: DAMAGED at offset {offset}: {reason}; non-zero bytes up to offset {damaged_end} ({})",
+            if *within_torn_window { "within the in-flight window" } else { "beyond the in-flight window" }
+        ),
+    }
+}
+
+impl fmt::Display for DumpReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "journal {}: {} segments",
+            self.dir.display(),
+            self.segments.len()
+        )?;
+        for segment in &self.segments {
+            let scan = &segment.scan;
+            match &scan.header {
+                HeaderState::Valid(h) => writeln!(
+                    f,
+                    "segment {} ({} bytes): generation {}, first LSN {}, block {} B, batch max {} B, in flight max {}, {} batches, {} records",
+                    scan.segment_number,
+                    scan.file_bytes,
+                    h.generation,
+                    h.first_lsn,
+                    h.block_bytes,
+                    h.batch_bytes_max,
+                    h.batches_in_flight_max,
+                    scan.batches.len(),
+                    scan.record_count()
+                )?,
+                HeaderState::Unused => writeln!(
+                    f,
+                    "segment {} ({} bytes): unused (all zeros, a preallocated spare)",
+                    scan.segment_number, scan.file_bytes
+                )?,
+                HeaderState::Invalid { reason, rest_is_zero } => writeln!(
+                    f,
+                    "segment {} ({} bytes): INVALID HEADER at offset 0: {reason}{}",
+                    scan.segment_number,
+                    scan.file_bytes,
+                    if *rest_is_zero { " (nothing written after it)" } else { "" }
+                )?,
+            }
+            for (batch, records) in scan.batches.iter().zip(&segment.records) {
+                writeln!(
+                    f,
+                    "  batch at offset {} ({} B): LSNs {}..={} ({} records)",
+                    batch.offset,
+                    batch.padded_bytes,
+                    batch.first_lsn,
+                    batch.first_lsn + u64::from(batch.record_count) - 1,
+                    batch.record_count
+                )?;
+                for (lsn, bytes) in records {
+                    writeln!(f, "    record LSN {lsn}: {bytes} B")?;
+                }
+            }
+            if matches!(scan.header, HeaderState::Valid(_)) {
+                write_end(f, scan)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The verdict on a journal directory.
+#[derive(Debug, Clone)]
+pub struct VerifyReport {
+    pub dir: PathBuf,
+    pub scans: Vec<SegmentScan>,
+    /// What recovery would do, or the corruption that stops it.
+    pub plan: Result<Plan, Corruption>,
+}
+
+impl VerifyReport {
+    /// 0 healthy, 1 torn tail found (recoverable), 2 corruption.
+    pub fn exit_code(&self) -> i32 {
+        match &self.plan {
+            Ok(plan) if plan.torn_tail.is_none() => 0,
+            Ok(_) => 1,
+            Err(_) => 2,
+        }
+    }
+}
+
+/// Checks every segment of the journal in `dir` (read-only, without locking it) the way
+/// recovery would.
+///
+/// # Errors
+/// If the directory or a segment cannot be read.
+pub fn verify(dir: impl AsRef<Path>) -> io::Result<VerifyReport> {
+    let dir = dir.as_ref();
+    let scans: Vec<SegmentScan> = scan_dir(dir)?.into_iter().map(|(scan, _)| scan).collect();
+    let plan = recovery::plan(&scans);
+    Ok(VerifyReport {
+        dir: dir.to_path_buf(),
+        scans,
+        plan,
+    })
+}
+
+impl fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "journal {}: {} segment files",
+            self.dir.display(),
+            self.scans.len()
+        )?;
+        for scan in &self.scans {
+            write!(f, "segment {}: ", scan.segment_number)?;
+            match &scan.header {
+                HeaderState::Valid(_) => {
+                    writeln!(
+                        f,
+                        "{} batches, {} records",
+                        scan.batches.len(),
+                        scan.record_count()
+                    )?;
+                    write_end(f, scan)?;
+                }
+                HeaderState::Unused => writeln!(f, "unused spare")?,
+                HeaderState::Invalid { reason, .. } => {
+                    writeln!(f, "invalid header at offset 0: {reason}")?
+                }
+            }
+        }
+        match &self.plan {
+            Ok(plan) => {
+                let last = if plan.record_count == 0 {
+                    "-".to_string()
+                } else {
+                    (plan.next_lsn - 1).to_string()
+                };
+                writeln!(
+                    f,
+                    "records: {}, LSNs {}..{last}",
+                    plan.record_count,
+                    plan.first_lsn.map_or("-".to_string(), |l| l.to_string())
+                )?;
+                match &plan.torn_tail {
+                    Some(torn) => writeln!(f, "TORN TAIL: {torn} (recovery truncates it)")?,
+                    None => writeln!(f, "healthy")?,
+                }
+            }
+            Err(corruption) => writeln!(f, "CORRUPT: {corruption}")?,
+        }
+        Ok(())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// bench
+
+/// Which journal a [`BenchResult`] measured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BenchJournal {
+    /// This crate's journal on directfile.
+    Directfile,
+    /// This crate's journal on [`StdStorage`].
+    StdODirect,
+    /// `std::fs` append plus `fdatasync` per record, under a mutex.
+    Naive,
+    /// `std::fs` with a leader writing and `fdatasync`ing each accumulated batch.
+    BufferedGroupCommit,
+}
+
+impl BenchJournal {
+    /// The name in the JSON output.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchJournal::Directfile => "directfile",
+            BenchJournal::StdODirect => "journal-on-std-odirect",
+            BenchJournal::Naive => "naive",
+            BenchJournal::BufferedGroupCommit => "buffered-group-commit",
+        }
+    }
+}
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct BenchConfig {
+    /// A directory on the file system to measure; the bench works in a fresh subdirectory.
+    pub dir: PathBuf,
+    pub writers: usize,
+    pub record_bytes: usize,
+    pub runtime: Duration,
+    /// Also run the two `std::fs` baselines.
+    pub compare: bool,
+    /// Total heap allocations of the process so far (the CLI's counting allocator), if known.
+    pub allocs: Option<fn() -> u64>,
+    pub options: JournalOptions,
+    /// The directfile driver for the journal's files (None: a journal driver of its own).
+    pub driver: Option<directfile::Driver>,
+    /// Run the journal on [`StdStorage`] (blocking `pwrite(2)` with `O_DIRECT | O_DSYNC` on
+    /// each lane's thread) instead of directfile.
+    pub std_storage: bool,
+}
+
+impl BenchConfig {
+    /// 64 writers of 256-byte records for 5 s in `dir`.
+    pub fn new(dir: impl Into<PathBuf>) -> BenchConfig {
+        BenchConfig {
+            dir: dir.into(),
+            writers: 64,
+            record_bytes: 256,
+            runtime: Duration::from_secs(5),
+            compare: false,
+            allocs: None,
+            options: JournalOptions::default(),
+            driver: None,
+            std_storage: false,
+        }
+    }
+}
+
+/// One journal's numbers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BenchResult {
+    pub journal: BenchJournal,
+    pub writers: usize,
+    pub record_bytes: usize,
+    pub appends: u64,
+    pub appends_per_s: f64,
+    pub bytes_per_s: f64,
+    pub commit_us_p50: f64,
+    pub commit_us_p99: f64,
+    pub commit_us_p999: f64,
+    /// Durable writes (journal batches, or fdatasync calls for the baselines).
+    pub batches: u64,
+    pub records_per_batch_mean: f64,
+    /// Heap allocations per append during the measurement (None without a counter).
+    pub allocs_per_append: Option<f64>,
+}
+
+impl BenchResult {
+    /// One JSON object with the fields named as in the CLI's documentation.
+    pub fn to_json(&self) -> String {
+        let allocs = self
+            .allocs_per_append
+            .map_or("null".to_string(), |a| format!("{a:.6}"));
+        format!(
+            concat!(
+                "{{\"journal\":\"{}\",\"writers\":{},\"record_bytes\":{},\"appends\":{},",
+                "\"appends_per_s\":{:.1},\"bytes_per_s\":{:.1},\"commit_us_p50\":{:.1},",
+                "\"commit_us_p99\":{:.1},\"commit_us_p999\":{:.1},\"batches\":{},",
+                "\"records_per_batch_mean\":{:.2},\"allocs_per_append\":{}}}"
+            ),
+            self.journal.name(),
+            self.writers,
+            self.record_bytes,
+            self.appends,
+            self.appends_per_s,
+            self.bytes_per_s,
+            self.commit_us_p50,
+            self.commit_us_p99,
+            self.commit_us_p999,
+            self.batches,
+            self.records_per_batch_mean,
+            allocs
+        )
+    }
+}
+
+impl fmt::Display for BenchResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{:<22} {} writers x {} B: {:.0} appends/s, {:.2} MiB/s, commit p50 {:.0} us, p99 {:.0} us, p99.9 {:.0} us, {} batches ({:.1} records/batch)",
+            self.journal.name(),
+            self.writers,
+            self.record_bytes,
+            self.appends_per_s,
+            self.bytes_per_s / (1024.0 * 1024.0),
+            self.commit_us_p50,
+            self.commit_us_p99,
+            self.commit_us_p999,
+            self.batches,
+            self.records_per_batch_mean
+        )?;
+        if let Some(allocs) = self.allocs_per_append {
+            write!(f, ", {allocs:.4} allocs/append")?;
+        }
+        Ok(())
+    }
+}
+
+fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid histogram bounds")
+}
+
+struct Measured {
+    appends: u64,
+    histogram: Histogram<u64>,
+    elapsed: Duration,
+    allocs: Option<u64>,
+}
+
+/// Runs `writer(index, start, deadline, histogram) -> appends` on `threads` threads, timing the
+/// whole run between two barriers so allocation counts cover only the measurement.
+fn measure<F>(config: &BenchConfig, threads: usize, writer: F) -> Measured
+where
+    F: Fn(usize, &Barrier, Instant, &mut Histogram<u64>) -> u64 + Send + Sync + 'static,
+{
+    let writer = Arc::new(writer);
+    let start = Arc::new(Barrier::new(threads + 1));
+    let end = Arc::new(Barrier::new(threads + 1));
+    let deadline = Arc::new(Mutex::new(None::<Instant>));
+    let handles: Vec<_> = (0..threads)
+        .map(|index| {
+            let writer = Arc::clone(&writer);
+            let start = Arc::clone(&start);
+            let end = Arc::clone(&end);
+            let deadline = Arc::clone(&deadline);
+            std::thread::spawn(move || {
+                let mut histogram = new_histogram();
+                start.wait();
+                let until = deadline
+                    .lock()
+                    .expect("deadline")
+                    .expect("set before start");
+                let appends = writer(index, &end, until, &mut histogram);
+                (appends, histogram)
+            })
+        })
+        .collect();
+    let allocs_before = config.allocs.map(|count| count());
+    let began = Instant::now();
+    *deadline.lock().expect("deadline") = Some(began + config.runtime);
+    start.wait();
+    end.wait();
+    let elapsed = began.elapsed();
+    let allocs = config
+        .allocs
+        .map(|count| count() - allocs_before.unwrap_or(0));
+    let mut histogram = new_histogram();
+    let mut appends = 0;
+    for handle in handles {
+        let (count, h) = handle.join().expect("bench writer");
+        appends += count;
+        histogram.add(&h).expect("same bounds");
+    }
+    Measured {
+        appends,
+        histogram,
+        elapsed,
+        allocs,
+    }
+}
+
+fn result(
+    config: &BenchConfig,
+    journal: BenchJournal,
+    measured: &Measured,
+    batches: u64,
+) -> BenchResult {
+    let seconds = measured.elapsed.as_secs_f64();
+    let h = &measured.histogram;
+    BenchResult {
+        journal,
+        writers: config.writers,
+        record_bytes: config.record_bytes,
+        appends: measured.appends,
+        appends_per_s: measured.appends as f64 / seconds,
+        bytes_per_s: (measured.appends * config.record_bytes as u64) as f64 / seconds,
+        commit_us_p50: h.value_at_quantile(0.50) as f64,
+        commit_us_p99: h.value_at_quantile(0.99) as f64,
+        commit_us_p999: h.value_at_quantile(0.999) as f64,
+        batches,
+        records_per_batch_mean: if batches == 0 {
+            0.0
+        } else {
+            measured.appends as f64 / batches as f64
+        },
+        allocs_per_append: measured.allocs.map(|a| {
+            if measured.appends == 0 {
+                0.0
+            } else {
+                a as f64 / measured.appends as f64
+            }
+        }),
+    }
+}
+
+/// A fresh directory under `dir`, removed on drop.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn new(parent: &Path, name: &str) -> io::Result<ScratchDir> {
+        let path = parent.join(format!(
+            "directfile-journal-bench-{name}-{}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&path);
+        fs::create_dir_all(&path)?;
+        Ok(ScratchDir(path))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Measures this crate's journal, and with `compare` the two `std::fs` baselines, in the same
+/// run and directory.
+///
+/// # Errors
+/// If a journal cannot be opened or an append fails.
+pub fn bench(config: &BenchConfig) -> crate::Result<Vec<BenchResult>> {
+    let mut results = vec![bench_directfile(config)?];
+    if config.compare {
+        results.push(bench_naive(config)?);
+        results.push(bench_buffered_group_commit(config)?);
+    }
+    Ok(results)
+}
+
+fn bench_directfile(config: &BenchConfig) -> crate::Result<BenchResult> {
+    let scratch = ScratchDir::new(&config.dir, "directfile")?;
+    if config.std_storage {
+        return bench_journal(
+            config,
+            StdStorage::new(&scratch.0)?,
+            BenchJournal::StdODirect,
+        );
+    }
+    let storage = match &config.driver {
+        Some(driver) => DirectFileStorage::with_driver(&scratch.0, driver.clone())?,
+        None => DirectFileStorage::new(&scratch.0)?,
+    };
+    bench_journal(config, storage, BenchJournal::Directfile)
+}
+
+fn bench_journal<S: Storage>(
+    config: &BenchConfig,
+    storage: S,
+    kind: BenchJournal,
+) -> crate::Result<BenchResult> {
+    let (journal, _) =
+        futures::executor::block_on(Journal::open_with_storage(storage, config.options.clone()))?;
+    // Let the spare segment be zero-filled before measuring: it is off the commit path, but
+    // on the same device.
+    let ready_by = Instant::now() + Duration::from_secs(30);
+    while !journal.is_spare_ready() && Instant::now() < ready_by {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let journal = Arc::new(journal);
+    let before = journal.stats();
+    let failure: Arc<Mutex<Option<crate::Error>>> = Arc::default();
+    let threads = config.writers.clamp(
+        1,
+        std::thread::available_parallelism().map_or(2, |n| n.get()),
+    );
+    let writers = config.writers.max(1);
+    let record = vec![0x5Au8; config.record_bytes];
+    let shared_journal = Arc::clone(&journal);
+    let shared_failure = Arc::clone(&failure);
+    let measured = measure(config, threads, move |thread, end, deadline, histogram| {
+        // This thread's writers run as tasks on one local executor; each records its commit
+        // latency into the thread's histogram.
+        let mine = (thread..writers).step_by(threads).count();
+        let mut pool = futures::executor::LocalPool::new();
+        let histogram_cell = std::rc::Rc::new(std::cell::RefCell::new(std::mem::replace(
+            histogram,
+            new_histogram(),
+        )));
+        let appends = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        for _ in 0..mine {
+            let journal = Arc::clone(&shared_journal);
+            let failure = Arc::clone(&shared_failure);
+            let histogram = std::rc::Rc::clone(&histogram_cell);
+            let appends = std::rc::Rc::clone(&appends);
+            let record = record.clone();
+            pool.spawner()
+                .spawn_local(async move {
+                    loop {
+                        let began = Instant::now();
+                        if began >= deadline {
+                            return;
+                        }
+                        match journal.append(&record).await {
+                            Ok(_) => {
+                                let micros = began.elapsed().as_micros() as u64;
+                                let _ = histogram.borrow_mut().record(micros.max(1));
+                                appends.set(appends.get() + 1);
+                            }
+                            Err(error) => {
+                                *failure.lock().expect("failure") = Some(error);
+                                return;
+                            }
+                        }
+                    }
+                })
+                .expect("spawn a bench writer");
+        }
+        pool.run();
+        end.wait();
+        *histogram = histogram_cell.borrow().clone();
+        appends.get()
+    });
+    if let Some(error) = failure.lock().expect("failure").take() {
+        return Err(error);
+    }
+    let after = journal.stats();
+    drop(journal);
+    Ok(result(
+        config,
+        kind,
+        &measured,
+        after.batches_written - before.batches_written,
+    ))
+}
+
+fn bench_naive(config: &BenchConfig) -> crate::Result<BenchResult> {
+    let scratch = ScratchDir::new(&config.dir, "naive")?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(scratch.0.join("journal.log"))?;
+    let file = Arc::new(Mutex::new(file));
+    let failure = Arc::new(AtomicBool::new(false));
+    let record = vec![0x5Au8; config.record_bytes + RECORD_HEADER_BYTES];
+    let syncs = Arc::new(AtomicU64::new(0));
+    let (shared_failure, shared_syncs) = (Arc::clone(&failure), Arc::clone(&syncs));
+    let measured = measure(
+        config,
+        config.writers.max(1),
+        move |_, end, deadline, histogram| {
+            let mut appends = 0;
+            loop {
+                let began = Instant::now();
+                if began >= deadline {
+                    break;
+                }
+                let ok = {
+                    let mut file = file.lock().expect("naive journal");
+                    file.write_all(&record)
+                        .and_then(|()| file.sync_data())
+                        .is_ok()
+                };
+                if !ok {
+                    shared_failure.store(true, Ordering::Relaxed);
+                    break;
+                }
+                shared_syncs.fetch_add(1, Ordering::Relaxed);
+                let _ = histogram.record((began.elapsed().as_micros() as u64).max(1));
+                appends += 1;
+            }
+            end.wait();
+            appends
+        },
+    );
+    if failure.load(Ordering::Relaxed) {
+        return Err(crate::Error::Io(io::Error::other(
+            "naive baseline: a write or fdatasync failed",
+        )));
+    }
+    Ok(result(
+        config,
+        BenchJournal::Naive,
+        &measured,
+        syncs.load(Ordering::Relaxed),
+    ))
+}
+
+/// State of the buffered group-commit baseline.
+struct GroupState {
+    pending: Vec<u8>,
+    next_seq: u64,
+    durable_seq: u64,
+    flushing: bool,
+    failed: bool,
+    syncs: u64,
+}
+
+fn bench_buffered_group_commit(config: &BenchConfig) -> crate::Result<BenchResult> {
+    let scratch = ScratchDir::new(&config.dir, "buffered")?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(scratch.0.join("journal.log"))?;
+    let state = Arc::new((
+        Mutex::new(GroupState {
+            pending: Vec::with_capacity(1 << 20),
+            next_seq: 0,
+            durable_seq: 0,
+            flushing: false,
+            failed: false,
+            syncs: 0,
+        }),
+        Condvar::new(),
+    ));
+    let record = vec![0x5Au8; config.record_bytes + RECORD_HEADER_BYTES];
+    // Only the leader (the `flushing` flag) touches the file, so this lock is uncontended.
+    let file = Arc::new(Mutex::new(file));
+    let shared_state = Arc::clone(&state);
+    let measured = measure(
+        config,
+        config.writers.max(1),
+        move |_, end, deadline, histogram| {
+            let (lock, wake) = &*shared_state;
+            let mut spare: Vec<u8> = Vec::with_capacity(1 << 20);
+            let mut appends = 0;
+            loop {
+                let began = Instant::now();
+                if began >= deadline {
+                    break;
+                }
+                let mut state = lock.lock().expect("group state");
+                if state.failed {
+                    break;
+                }
+                state.pending.extend_from_slice(&record);
+                state.next_seq += 1;
+                let mine = state.next_seq;
+                loop {
+                    if state.durable_seq >= mine || state.failed {
+                        break;
+                    }
+                    if !state.flushing {
+                        // Become the leader: write and sync everything accumulated so far.
+                        state.flushing = true;
+                        std::mem::swap(&mut state.pending, &mut spare);
+                        let upto = state.next_seq;
+                        drop(state);
+                        let ok = {
+                            let mut file = file.lock().expect("file");
+                            file.write_all(&spare)
+                                .and_then(|()| file.sync_data())
+                                .is_ok()
+                        };
+                        spare.clear();
+                        state = lock.lock().expect("group state");
+                        state.flushing = false;
+                        state.syncs += 1;
+                        if ok {
+                            state.durable_seq = upto;
+                        } else {
+                            state.failed = true;
+                        }
+                        wake.notify_all();
+                    } else {
+                        state = wake.wait(state).expect("group state");
+                    }
+                }
+                if state.failed {
+                    break;
+                }
+                drop(state);
+                let _ = histogram.record((began.elapsed().as_micros() as u64).max(1));
+                appends += 1;
+            }
+            end.wait();
+            appends
+        },
+    );
+    let state = state.0.lock().expect("group state");
+    if state.failed {
+        return Err(crate::Error::Io(io::Error::other(
+            "buffered group commit baseline: a write or fdatasync failed",
+        )));
+    }
+    Ok(result(
+        config,
+        BenchJournal::BufferedGroupCommit,
+        &measured,
+        state.syncs,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_has_the_documented_fields() {
+        let result = BenchResult {
+            journal: BenchJournal::Naive,
+            writers: 2,
+            record_bytes: 256,
+            appends: 10,
+            appends_per_s: 5.0,
+            bytes_per_s: 1280.0,
+            commit_us_p50: 1.0,
+            commit_us_p99: 2.0,
+            commit_us_p999: 3.0,
+            batches: 10,
+            records_per_batch_mean: 1.0,
+            allocs_per_append: None,
+        };
+        let json = result.to_json();
+        for field in [
+            "journal",
+            "writers",
+            "record_bytes",
+            "appends",
+            "appends_per_s",
+            "bytes_per_s",
+            "commit_us_p50",
+            "commit_us_p99",
+            "commit_us_p999",
+            "batches",
+            "records_per_batch_mean",
+            "allocs_per_append",
+        ] {
+            assert!(
+                json.contains(&format!("\"{field}\":")),
+                "{field} missing in {json}"
+            );
+        }
+        assert!(json.contains("\"journal\":\"naive\""));
+        assert!(json.contains("\"allocs_per_append\":null"));
+    }
+}
