@@ -41,6 +41,8 @@ mod align;
 mod buf;
 mod driver;
 mod error;
+#[cfg(feature = "fault-injection")]
+pub mod fault;
 mod file;
 mod op;
 mod sync;

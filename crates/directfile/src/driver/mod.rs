@@ -73,6 +73,8 @@ pub struct DriverBuilder {
     threads: Option<usize>,
     spin: Duration,
     max_iovecs: usize,
+    #[cfg(feature = "fault-injection")]
+    faults: Option<crate::fault::FaultPlan>,
 }
 
 impl Default for DriverBuilder {
@@ -83,6 +85,8 @@ impl Default for DriverBuilder {
             threads: None,
             spin: Duration::from_micros(250),
             max_iovecs: 64,
+            #[cfg(feature = "fault-injection")]
+            faults: None,
         }
     }
 }
@@ -119,6 +123,13 @@ impl DriverBuilder {
     /// The most buffers one vectored write may carry. Default 64.
     pub fn max_iovecs(mut self, count: usize) -> Self {
         self.max_iovecs = count.clamp(1, 1024);
+        self
+    }
+
+    /// Injects the faults of `plan` into this driver's completions (tests only).
+    #[cfg(feature = "fault-injection")]
+    pub fn fault_plan(mut self, plan: crate::fault::FaultPlan) -> Self {
+        self.faults = Some(plan);
         self
     }
 
@@ -183,8 +194,14 @@ impl DriverBuilder {
             shutdown: AtomicBool::new(false),
             backend,
             reason,
+            #[cfg(feature = "fault-injection")]
+            faults: self.faults.map(crate::fault::Injector::new),
         });
         shared.engine.start(&shared).map_err(Error::Io)?;
+        #[cfg(feature = "fault-injection")]
+        if shared.faults.is_some() {
+            crate::fault::Injector::start(&shared).map_err(Error::Io)?;
+        }
         Ok(Driver {
             handle: Arc::new(Handle { shared }),
         })
@@ -201,9 +218,21 @@ pub(crate) struct Shared {
     shutdown: AtomicBool,
     backend: Backend,
     reason: String,
+    #[cfg(feature = "fault-injection")]
+    pub(crate) faults: Option<crate::fault::Injector>,
 }
 
 impl Shared {
+    /// Records a completion from the backend (through the fault plan, when there is one).
+    pub(crate) fn complete(&self, index: u32, generation: u32, res: i32) {
+        #[cfg(feature = "fault-injection")]
+        if let Some(faults) = &self.faults {
+            faults.complete(self, index, generation, res);
+            return;
+        }
+        self.slots.complete(index, generation, res);
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
@@ -292,6 +321,15 @@ impl Engine {
         match self {
             Engine::Uring(_) => uring::Uring::start(shared),
             Engine::Threads(t) => t.start(shared),
+        }
+    }
+
+    /// Makes a reaper waiting in the kernel look at the slot table again.
+    #[cfg(feature = "fault-injection")]
+    pub(crate) fn nudge(&self) {
+        match self {
+            Engine::Uring(u) => u.wake_reaper(),
+            Engine::Threads(_) => {}
         }
     }
 
@@ -385,6 +423,12 @@ impl Driver {
     /// Refuses new operations from now on ([`Error::Closed`]); operations in flight finish.
     pub fn close(&self) {
         self.shared().closed.store(true, Ordering::Release);
+    }
+
+    /// Number of completions the fault plan has changed so far.
+    #[cfg(feature = "fault-injection")]
+    pub fn faults_injected(&self) -> u64 {
+        self.shared().faults.as_ref().map_or(0, |f| f.injected())
     }
 
     /// Makes a pool of `count` buffers of `buf_size` bytes aligned to `align`, registered with

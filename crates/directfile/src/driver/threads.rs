@@ -159,7 +159,7 @@ fn worker(shared: &Arc<Shared>) {
         // SAFETY: the slot is InFlight or Orphaned with `started` set, so it keeps the
         // buffers, iovecs and descriptor referred to by `desc` until `complete` below.
         let res = unsafe { run(fd, desc, iov_ptr, iov_len) };
-        shared.slots.complete(index, generation, res);
+        shared.complete(index, generation, res);
     }
 }
 

@@ -323,9 +323,7 @@ impl Uring {
             if data >= TAG_CANCEL {
                 continue;
             }
-            shared
-                .slots
-                .complete(data as u32, (data >> 32) as u32, cqe.result());
+            shared.complete(data as u32, (data >> 32) as u32, cqe.result());
         }
     }
 
