@@ -3,8 +3,7 @@
 
 mod common;
 
-use common::{drivers, scratch_dir};
-use directfile::OpenOptions;
+use common::{drivers, scratch_file};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::pin::Pin;
@@ -71,14 +70,7 @@ fn join_without_allocating<F: Future<Output = ()>>(lanes: Vec<F>) -> impl Future
 #[test]
 fn no_allocation_per_operation() {
     for driver in drivers() {
-        let dir = scratch_dir("allocs");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .driver(&driver)
-            .open(dir.join("f"))
-            .unwrap();
+        let file = scratch_file(&driver, "allocs");
         let unit = file.alignment().offset;
         let pool = driver.buf_pool(DEPTH, 4096.max(unit), 4096);
         let (warm, steady) = futures::executor::block_on(async {

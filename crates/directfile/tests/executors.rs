@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{drivers, scratch_dir};
-use directfile::{Driver, File, OpenOptions};
+use common::{drivers, scratch_file};
+use directfile::File;
 
 fn assert_send_static<T: Send + 'static>(_: &T) {}
 
@@ -48,17 +48,6 @@ async fn workload(
     }
 }
 
-fn file_on(driver: &Driver, name: &str) -> File {
-    let dir = scratch_dir(name);
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .driver(driver)
-        .open(dir.join("f"))
-        .unwrap()
-}
-
 #[test]
 fn tokio_multi_thread() {
     for driver in drivers() {
@@ -66,7 +55,7 @@ fn tokio_multi_thread() {
             .worker_threads(2)
             .build()
             .unwrap();
-        let file = file_on(&driver, "tokio-mt");
+        let file = scratch_file(&driver, "tokio-mt");
         rt.block_on(workload(file, 16, 32, |f| {
             let h = tokio::spawn(f);
             Box::pin(async move { h.await.unwrap() })
@@ -80,7 +69,7 @@ fn tokio_current_thread() {
         let rt = tokio::runtime::Builder::new_current_thread()
             .build()
             .unwrap();
-        let file = file_on(&driver, "tokio-ct");
+        let file = scratch_file(&driver, "tokio-ct");
         rt.block_on(workload(file, 16, 32, |f| {
             let h = tokio::spawn(f);
             Box::pin(async move { h.await.unwrap() })
@@ -91,7 +80,7 @@ fn tokio_current_thread() {
 #[test]
 fn smol_executor() {
     for driver in drivers() {
-        let file = file_on(&driver, "smol");
+        let file = scratch_file(&driver, "smol");
         let ex = std::sync::Arc::new(smol::Executor::new());
         let ex2 = ex.clone();
         smol::block_on(ex.run(workload(file, 16, 32, move |f| {
@@ -104,7 +93,7 @@ fn smol_executor() {
 #[test]
 fn futures_block_on() {
     for driver in drivers() {
-        let file = file_on(&driver, "block-on");
+        let file = scratch_file(&driver, "block-on");
         // No spawner: the tasks run concurrently inside one future (join_all).
         futures::executor::block_on(workload(file, 16, 32, |f| f));
     }

@@ -5,28 +5,10 @@
 
 mod common;
 
-use common::{drivers_with, scratch_dir};
+use common::{drivers_with, scratch_file, wait_idle};
 use directfile::fault::{Fault, FaultPlan};
-use directfile::{Driver, Error, File, OpenOptions};
-use std::time::{Duration, Instant};
-
-fn open(driver: &Driver) -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .driver(driver)
-        .open(scratch_dir("faults").join("f"))
-        .unwrap()
-}
-
-fn wait_idle(driver: &Driver) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while driver.in_flight() > 0 {
-        assert!(Instant::now() < deadline, "operations still in flight");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
+use directfile::Error;
+use std::time::Duration;
 
 #[test]
 fn each_injected_fault_reaches_its_own_future_once() {
@@ -38,7 +20,7 @@ fn each_injected_fault_reaches_its_own_future_once() {
             .at(9, Fault::Short)
     };
     for driver in drivers_with(|b| b.fault_plan(plan())) {
-        let file = open(&driver);
+        let file = scratch_file(&driver, "faults");
         let pool = driver.buf_pool(2, 8192, 4096);
         futures::executor::block_on(async {
             for i in 0..12u64 {
@@ -69,7 +51,7 @@ fn late_reordered_completions_go_to_the_right_futures() {
     for driver in
         drivers_with(|b| b.fault_plan(FaultPlan::new().reorder(8).every(13, Fault::Short)))
     {
-        let file = open(&driver);
+        let file = scratch_file(&driver, "faults");
         let unit = file.alignment().offset.max(512);
         // 64 concurrent writes of different lengths: a completion delivered to the wrong future
         // would show as a wrong byte count.
@@ -108,7 +90,7 @@ fn cancelled_operations_with_held_completions_free_their_slots() {
         b.spin(Duration::ZERO)
             .fault_plan(FaultPlan::new().reorder(4))
     }) {
-        let file = open(&driver);
+        let file = scratch_file(&driver, "faults");
         let pool = driver.buf_pool(16, 4096, 4096);
         let waker = std::task::Waker::noop();
         let mut cx = std::task::Context::from_waker(waker);

@@ -3,8 +3,8 @@
 
 mod common;
 
-use common::{drivers, drivers_with, scratch_dir};
-use directfile::{Driver, Error, File, OpenOptions};
+use common::{drivers, drivers_with, scratch_dir, scratch_file, wait_idle};
+use directfile::{Driver, Error, OpenOptions};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -48,31 +48,12 @@ fn counting_waker(counts: &Arc<Counts>) -> Waker {
     unsafe { Waker::from_raw(raw) }
 }
 
-fn open(driver: &Driver, name: &str) -> File {
-    let dir = scratch_dir(name);
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .driver(driver)
-        .open(dir.join("f"))
-        .unwrap()
-}
-
-fn wait_idle(driver: &Driver) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while driver.in_flight() > 0 {
-        assert!(Instant::now() < deadline, "operations still in flight");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-}
-
 #[test]
 fn completed_at_once_registers_no_waker() {
     // A generous spin budget, so the thread pool's worker finishes within it even on a loaded
     // machine (io_uring completes an EOF read inline, during submission).
     for driver in drivers_with(|b| b.spin(Duration::from_secs(2))) {
-        let file = open(&driver, "at-once");
+        let file = scratch_file(&driver, "at-once");
         let counts = Arc::new(Counts::default());
         let waker = counting_waker(&counts);
         let mut cx = Context::from_waker(&waker);
@@ -100,7 +81,7 @@ fn completed_at_once_registers_no_waker() {
 #[test]
 fn failed_at_once_returns_error_and_buffer_and_frees_the_slot() {
     for driver in drivers() {
-        let file = open(&driver, "failed-at-once");
+        let file = scratch_file(&driver, "failed-at-once");
         let counts = Arc::new(Counts::default());
         let waker = counting_waker(&counts);
         let mut cx = Context::from_waker(&waker);
@@ -168,7 +149,7 @@ fn pending_is_woken_on_completion() {
 #[test]
 fn dropped_future_cancels_and_the_buffer_returns_to_its_pool() {
     for driver in drivers_with(|b| b.spin(Duration::ZERO)) {
-        let file = open(&driver, "cancel");
+        let file = scratch_file(&driver, "cancel");
         let pool = driver.buf_pool(8, 1 << 20, 4096);
         let waker = Waker::noop();
         let mut cx = Context::from_waker(waker);
@@ -212,7 +193,7 @@ fn dropping_file_and_driver_with_operations_in_flight_loses_and_leaks_nothing() 
             eprintln!("skipping {choice:?}: not available here");
             continue;
         };
-        let file = open(&driver, "drop-all");
+        let file = scratch_file(&driver, "drop-all");
         let pool = driver.buf_pool(32, 64 << 10, 4096);
         let path = file.path().to_path_buf();
         let waker = Waker::noop();

@@ -6,8 +6,7 @@
 
 mod common;
 
-use common::{drivers, scratch_dir, Rng};
-use directfile::OpenOptions;
+use common::{drivers, scratch_file, Rng};
 use std::time::{Duration, Instant};
 
 const DEPTH: usize = 256;
@@ -30,14 +29,7 @@ fn soak_at_depth_256_with_cancellations() {
         .and_then(|s| s.parse().ok())
         .unwrap_or(200_000);
     for driver in drivers() {
-        let dir = scratch_dir("soak");
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .driver(&driver)
-            .open(dir.join("f"))
-            .unwrap();
+        let file = scratch_file(&driver, "soak");
         let pool = driver.buf_pool(DEPTH, 4096, 4096);
         let fds_before = open_fds();
         let per_lane = ops / DEPTH as u64;

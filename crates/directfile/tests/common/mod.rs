@@ -64,3 +64,26 @@ impl Rng {
         self.next() % n
     }
 }
+
+/// A new file, opened read-write with direct I/O on `driver`, in a fresh scratch directory.
+pub fn scratch_file(driver: &Driver, name: &str) -> directfile::File {
+    directfile::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .driver(driver)
+        .open(scratch_dir(name).join("f"))
+        .unwrap()
+}
+
+/// Waits (up to 10 s) until the driver has no operation in flight, cancelled ones included.
+pub fn wait_idle(driver: &Driver) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while driver.in_flight() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "operations still in flight"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
