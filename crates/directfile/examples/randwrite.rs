@@ -28,7 +28,23 @@ fn main() -> directfile::Result<()> {
         .write_through(dsync)
         .driver(&driver)
         .open(&path)?;
-    futures::executor::block_on(async {
+    // EXECUTOR=block_on (default) | tokio-ct | tokio-mt: the same workload on another executor.
+    let executor = std::env::var("EXECUTOR").unwrap_or_else(|_| "block_on".into());
+    let run =
+        |fut: std::pin::Pin<Box<dyn std::future::Future<Output = directfile::Result<()>>>>| {
+            match executor.as_str() {
+                "tokio-ct" => tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(fut),
+                "tokio-mt" => tokio::runtime::Builder::new_multi_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(fut),
+                _ => futures::executor::block_on(fut),
+            }
+        };
+    run(Box::pin(async {
         // Lay the file out with data first: writes into unwritten extents would measure the
         // file system's extent conversion, not the device.
         if file.len()? < SIZE {
@@ -44,7 +60,7 @@ fn main() -> directfile::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(secs);
         let lanes = (0..qd).map(|lane| {
             let file = file.clone();
-            async move {
+            let lane = async move {
                 let mut rng = 0x9e37_79b9_7f4a_7c15u64 ^ (lane as u64 + 1);
                 let mut lat = Vec::with_capacity(1 << 20);
                 let mut buf = file.alloc_buf(BS);
@@ -61,6 +77,14 @@ fn main() -> directfile::Result<()> {
                     buf = b;
                 }
                 directfile::Result::<Vec<u64>>::Ok(lat)
+            };
+            // Under tokio each lane is a task of its own, as an application would have it.
+            match tokio::runtime::Handle::try_current() {
+                Ok(rt) => {
+                    let task = rt.spawn(lane);
+                    futures::future::Either::Left(async move { task.await.expect("lane panicked") })
+                }
+                Err(_) => futures::future::Either::Right(lane),
             }
         });
         let start = Instant::now();
@@ -80,5 +104,5 @@ fn main() -> directfile::Result<()> {
             all.len()
         );
         Ok(())
-    })
+    }))
 }
