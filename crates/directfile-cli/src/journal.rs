@@ -237,7 +237,7 @@ fn check_journal_dir(dir: &Path) -> CliResult<()> {
 
 fn no_segments(dir: &Path) -> crate::error::CliError {
     cli_error!(
-        "{} is not a journal directory: it holds no segment files (NNNNNNNNNNNNNNNNNNNN.seg)",
+        "{} is not a journal directory: it holds no segment files (<20 digits>.seg)",
         dir.display()
     )
 }

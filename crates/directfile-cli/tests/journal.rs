@@ -310,11 +310,10 @@ fn dump_and_verify_a_journal() {
     // Cut the newest batch in half, as a crash mid-write leaves it: a torn tail, exit 1.
     let last = dir.join(segment_file_name(*segments.last().unwrap()));
     let original = fs::read(&last).unwrap();
-    let batch = scan_segment(*segments.last().unwrap(), &original)
+    let batch = *scan_segment(*segments.last().unwrap(), &original)
         .batches
         .last()
-        .unwrap()
-        .clone();
+        .unwrap();
     let file = fs::OpenOptions::new().write(true).open(&last).unwrap();
     file.set_len(batch.offset + batch.padded_bytes / 2).unwrap();
     drop(file);
