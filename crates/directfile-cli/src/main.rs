@@ -1,4 +1,4 @@
-//! `directfile`: benchmark and probe tool for the directfile library.
+//! `directfile`: benchmark and probe tool for the directfile library, and the journal's tools.
 //!
 //! The CLI holds no library logic: it parses flags, runs the bench harness (workload loop,
 //! statistics, plot, table) against the library and the baselines users would otherwise reach
@@ -12,6 +12,7 @@ mod bench;
 mod device;
 mod error;
 mod fio;
+mod journal;
 mod plot;
 mod probe;
 mod progress;
@@ -23,7 +24,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use crate::args::{Cli, Command};
+use crate::args::{Cli, Command, JournalCommand};
 
 #[global_allocator]
 static GLOBAL: alloc_count::CountingAllocator = alloc_count::CountingAllocator;
@@ -33,15 +34,23 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return args::report_parse_error(err),
     };
+    // `journal verify` exits 1 and 2 for its verdicts; its own failures get a status of their own.
+    let mut failure = ExitCode::from(1);
     let outcome = match cli.command {
-        Command::Bench(bench_args) => bench::run(bench_args),
-        Command::Probe(probe_args) => probe::run(probe_args),
+        Command::Bench(bench_args) => bench::run(bench_args).map(|()| ExitCode::SUCCESS),
+        Command::Probe(probe_args) => probe::run(probe_args).map(|()| ExitCode::SUCCESS),
+        Command::Journal(JournalCommand::Bench(args)) => journal::bench(args),
+        Command::Journal(JournalCommand::Dump(args)) => journal::dump(args),
+        Command::Journal(JournalCommand::Verify(args)) => {
+            failure = ExitCode::from(journal::VERIFY_FAILED);
+            journal::verify(args)
+        }
     };
     match outcome {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(err) => {
             eprintln!("directfile: error: {err}");
-            ExitCode::from(1)
+            failure
         }
     }
 }

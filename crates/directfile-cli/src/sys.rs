@@ -1,5 +1,5 @@
 //! The few libc calls the CLI makes: statfs(2), statx(2) with STATX_DIOALIGN, getrusage(2), and
-//! signal handlers that remove the bench's temporary file on Ctrl-C. All of the CLI's `unsafe`
+//! signal handling that removes the bench's temporary file or directory on Ctrl-C. All of the CLI's `unsafe`
 //! for system calls is here.
 #![allow(unsafe_code)]
 
@@ -134,6 +134,50 @@ pub fn remove_on_signal(path: &Path) -> io::Result<()> {
 pub fn forget_on_signal() {
     // Leaked rather than freed: a handler running on another thread may hold the pointer.
     CLEANUP_PATH.store(ptr::null_mut(), Ordering::SeqCst);
+}
+
+/// Blocks SIGINT, SIGTERM and SIGHUP in the calling thread, and so in every thread it starts
+/// afterwards, and runs `handler(signal)` on a thread of its own when one of them arrives; the
+/// handler may do anything (allocate, remove a directory tree) since it is not a signal handler.
+/// Call it before the process starts other threads: a thread started earlier keeps the default
+/// action (the process dies without running `handler`).
+pub fn handle_signals_on_thread(
+    handler: impl FnOnce(libc::c_int) + Send + 'static,
+) -> io::Result<()> {
+    let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: `set` is writable memory the size of a `sigset_t`; sigemptyset initialises it and
+    // sigaddset only adds valid signal numbers to it.
+    let set = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(set.as_mut_ptr(), signal);
+        }
+        set.assume_init()
+    };
+    // SAFETY: `set` is an initialised signal set; the old mask is not wanted (null).
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, ptr::null_mut()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    std::thread::Builder::new()
+        .name("signal-cleanup".to_string())
+        .spawn(move || {
+            let mut signal: libc::c_int = 0;
+            // SAFETY: `set` is an initialised signal set whose signals are blocked in every
+            // thread of the process, as sigwait(3) requires; `signal` is writable.
+            let rc = unsafe { libc::sigwait(&set, &mut signal) };
+            if rc == 0 {
+                handler(signal);
+            }
+        })?;
+    Ok(())
+}
+
+/// Ends the process at once with `status` (no destructors, no atexit handlers): for a signal
+/// handler thread while other threads still run.
+pub fn exit_now(status: libc::c_int) -> ! {
+    // SAFETY: _exit(2) takes any status and never returns.
+    unsafe { libc::_exit(status) }
 }
 
 /// Splits a `dev_t` into (major, minor) as glibc's `gnu_dev_major`/`gnu_dev_minor` do.

@@ -1,10 +1,12 @@
 //! The file a bench runs on: the user's file, or a temporary file we create on a disk file
-//! system and remove afterwards (on drop, and on Ctrl-C through the signal handler in `sys`).
+//! system and remove afterwards (on drop, and on Ctrl-C through the signal handler in `sys`);
+//! and the temporary directory the journal bench runs in, removed the same way.
 
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::error::{cli_error, CliResult};
 use crate::sys;
@@ -98,6 +100,101 @@ pub fn refuse_memory_file_system(directory: &Path) -> CliResult<()> {
     Ok(())
 }
 
+/// A temporary directory on a disk file system, removed with everything in it on drop and on
+/// SIGINT, SIGTERM or SIGHUP.
+#[derive(Debug)]
+pub struct BenchDir {
+    path: PathBuf,
+    /// The directory to remove, shared with the signal thread; `None` once removed.
+    armed: Arc<Mutex<Option<PathBuf>>>,
+}
+
+impl BenchDir {
+    /// Creates `.directfile-journal-bench-*` inside `parent` (default: the current directory).
+    /// Refuses a missing parent and tmpfs/ramfs before creating anything. Call it before the
+    /// process starts threads, so that Ctrl-C reaches the cleanup thread (see
+    /// [`sys::handle_signals_on_thread`]).
+    pub fn create(parent: Option<&Path>) -> CliResult<BenchDir> {
+        let parent = parent.unwrap_or(Path::new("."));
+        if !parent.exists() {
+            return Err(cli_error!(
+                "directory {} does not exist: create it or pass an existing directory",
+                parent.display()
+            ));
+        }
+        if !parent.is_dir() {
+            return Err(cli_error!("{} is not a directory", parent.display()));
+        }
+        refuse_memory_file_system(parent)?;
+        let armed: Arc<Mutex<Option<PathBuf>>> = Arc::default();
+        let for_signal = Arc::clone(&armed);
+        sys::handle_signals_on_thread(move |signal| {
+            let armed = for_signal.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(path) = armed.as_ref() {
+                remove_tree(path);
+            }
+            sys::exit_now(128 + signal)
+        })
+        .map_err(|err| cli_error!("cannot set up the Ctrl-C cleanup: {err}"))?;
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|elapsed| elapsed.subsec_nanos())
+            .unwrap_or(0);
+        for attempt in 0..100u32 {
+            let path = parent.join(format!(
+                ".directfile-journal-bench-{}-{:08x}",
+                std::process::id(),
+                nanos.wrapping_add(attempt)
+            ));
+            // Armed before it exists, so there is no window where Ctrl-C leaves it behind.
+            let mut guard = armed.lock().unwrap_or_else(PoisonError::into_inner);
+            *guard = Some(path.clone());
+            match fs::create_dir(&path) {
+                Ok(()) => {
+                    drop(guard);
+                    return Ok(BenchDir { path, armed });
+                }
+                Err(err) => {
+                    *guard = None;
+                    if err.kind() != io::ErrorKind::AlreadyExists {
+                        return Err(cli_error!("cannot create {}: {err}", path.display()));
+                    }
+                }
+            }
+        }
+        Err(cli_error!(
+            "could not create a temporary directory in {}",
+            parent.display()
+        ))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for BenchDir {
+    fn drop(&mut self) {
+        let mut armed = self.armed.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(path) = armed.take() {
+            remove_tree(&path);
+        }
+    }
+}
+
+/// Removes `path` and everything in it; retries a little, since threads still running (after
+/// Ctrl-C) may create files in it meanwhile.
+fn remove_tree(path: &Path) {
+    for _ in 0..50 {
+        match fs::remove_dir_all(path) {
+            Err(err) if err.kind() != io::ErrorKind::NotFound && path.exists() => {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            _ => return,
+        }
+    }
+}
+
 fn create_temporary(directory: &Path) -> CliResult<BenchFile> {
     let nanos = SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -178,6 +275,21 @@ mod tests {
         fs::write(&path, b"x").unwrap();
         drop(BenchFile::resolve(Some(&path)).unwrap());
         assert!(path.exists());
+        let _ = fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn temporary_directory_is_removed_with_its_contents() {
+        let dir = scratch_dir().join("journal");
+        fs::create_dir_all(&dir).unwrap();
+        let bench_dir = BenchDir::create(Some(&dir)).unwrap();
+        let path = bench_dir.path().to_path_buf();
+        assert!(path.starts_with(&dir) && path.is_dir());
+        fs::create_dir(path.join("sub")).unwrap();
+        fs::write(path.join("sub/00000000000000000001.seg"), b"x").unwrap();
+        drop(bench_dir);
+        assert!(!path.exists());
+        assert!(BenchDir::create(Some(&dir.join("missing"))).is_err());
         let _ = fs::remove_dir_all(dir);
     }
 
