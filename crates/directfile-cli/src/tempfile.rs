@@ -247,18 +247,19 @@ fn create_new(path: PathBuf) -> CliResult<BenchFile> {
 mod tests {
     use super::*;
 
-    fn scratch_dir() -> PathBuf {
+    /// A directory of this test's own (tests run in parallel and clean up after themselves).
+    fn scratch_dir(test: &str) -> PathBuf {
         // target/ is on the same (disk) file system as the sources; never tmpfs.
         let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
             .join("../../target/directfile-cli-unit")
-            .join(format!("tempfile-{}", std::process::id()));
+            .join(format!("tempfile-{}-{test}", std::process::id()));
         fs::create_dir_all(&dir).unwrap();
         dir
     }
 
     #[test]
     fn temporary_file_is_removed_on_drop() {
-        let dir = scratch_dir();
+        let dir = scratch_dir("removed-on-drop");
         let file = BenchFile::resolve(Some(&dir)).unwrap();
         let path = file.path().to_path_buf();
         assert!(path.exists());
@@ -269,7 +270,7 @@ mod tests {
 
     #[test]
     fn existing_file_is_kept() {
-        let dir = scratch_dir().join("kept");
+        let dir = scratch_dir("kept");
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("data");
         fs::write(&path, b"x").unwrap();
@@ -280,7 +281,7 @@ mod tests {
 
     #[test]
     fn temporary_directory_is_removed_with_its_contents() {
-        let dir = scratch_dir().join("journal");
+        let dir = scratch_dir("journal");
         fs::create_dir_all(&dir).unwrap();
         let bench_dir = BenchDir::create(Some(&dir)).unwrap();
         let path = bench_dir.path().to_path_buf();

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::task::LocalSpawnExt;
 use hdrhistogram::Histogram;
 
 use crate::format::{self, RECORD_HEADER_BYTES};
@@ -377,34 +376,55 @@ struct Measured {
     allocs: Option<u64>,
 }
 
-/// Runs `writer(index, start, deadline, histogram) -> appends` on `threads` threads, timing the
-/// whole run between two barriers so allocation counts cover only the measurement.
+/// Opens the measurement for one writer thread: waits until every writer has finished its
+/// setup (executors, tasks, buffers: allocations that are not per append), then until the
+/// measurement starts; returns the deadline.
+struct Gate {
+    ready: Arc<Barrier>,
+    start: Arc<Barrier>,
+    deadline: Arc<Mutex<Option<Instant>>>,
+}
+
+impl Gate {
+    fn open(&self) -> Instant {
+        self.ready.wait();
+        self.start.wait();
+        self.deadline
+            .lock()
+            .expect("deadline")
+            .expect("set before start")
+    }
+}
+
+/// Runs `writer(index, gate, end, histogram) -> appends` on `threads` threads. Each writer sets
+/// itself up, then calls `gate.open()`; the run is timed (and allocations counted) from when
+/// all writers are set up until they have all reached `end`.
 fn measure<F>(config: &BenchConfig, threads: usize, writer: F) -> Measured
 where
-    F: Fn(usize, &Barrier, Instant, &mut Histogram<u64>) -> u64 + Send + Sync + 'static,
+    F: Fn(usize, &Gate, &Barrier, &mut Histogram<u64>) -> u64 + Send + Sync + 'static,
 {
     let writer = Arc::new(writer);
+    let ready = Arc::new(Barrier::new(threads + 1));
     let start = Arc::new(Barrier::new(threads + 1));
     let end = Arc::new(Barrier::new(threads + 1));
     let deadline = Arc::new(Mutex::new(None::<Instant>));
     let handles: Vec<_> = (0..threads)
         .map(|index| {
             let writer = Arc::clone(&writer);
-            let start = Arc::clone(&start);
+            let gate = Gate {
+                ready: Arc::clone(&ready),
+                start: Arc::clone(&start),
+                deadline: Arc::clone(&deadline),
+            };
             let end = Arc::clone(&end);
-            let deadline = Arc::clone(&deadline);
             std::thread::spawn(move || {
                 let mut histogram = new_histogram();
-                start.wait();
-                let until = deadline
-                    .lock()
-                    .expect("deadline")
-                    .expect("set before start");
-                let appends = writer(index, &end, until, &mut histogram);
+                let appends = writer(index, &gate, &end, &mut histogram);
                 (appends, histogram)
             })
         })
         .collect();
+    ready.wait();
     let allocs_before = config.allocs.map(|count| count());
     let began = Instant::now();
     *deadline.lock().expect("deadline") = Some(began + config.runtime);
@@ -538,47 +558,59 @@ fn bench_journal<S: Storage>(
     let record = vec![0x5Au8; config.record_bytes];
     let shared_journal = Arc::clone(&journal);
     let shared_failure = Arc::clone(&failure);
-    let measured = measure(config, threads, move |thread, end, deadline, histogram| {
+    let measured = measure(config, threads, move |thread, gate, end, histogram| {
         // This thread's writers run as tasks on one local executor; each records its commit
         // latency into the thread's histogram.
         let mine = (thread..writers).step_by(threads).count();
-        let mut pool = futures::executor::LocalPool::new();
+        // The writer futures go into a FuturesUnordered now (its per-future allocation happens
+        // here, in the setup), and run on this thread's block_on after the gate opens.
+        let mut tasks = futures::stream::FuturesUnordered::new();
         let histogram_cell = std::rc::Rc::new(std::cell::RefCell::new(std::mem::replace(
             histogram,
             new_histogram(),
         )));
         let appends = std::rc::Rc::new(std::cell::Cell::new(0u64));
+        let deadline_cell = std::rc::Rc::new(std::cell::Cell::new(None::<Instant>));
         for _ in 0..mine {
+            let deadline_cell = std::rc::Rc::clone(&deadline_cell);
             let journal = Arc::clone(&shared_journal);
             let failure = Arc::clone(&shared_failure);
             let histogram = std::rc::Rc::clone(&histogram_cell);
             let appends = std::rc::Rc::clone(&appends);
             let record = record.clone();
-            pool.spawner()
-                .spawn_local(async move {
-                    loop {
-                        let began = Instant::now();
-                        if began >= deadline {
+            tasks.push(async move {
+                let deadline = deadline_cell.get().expect("set before the pool runs");
+                loop {
+                    let began = Instant::now();
+                    if began >= deadline {
+                        return;
+                    }
+                    match journal.append(&record).await {
+                        Ok(_) => {
+                            let micros = began.elapsed().as_micros() as u64;
+                            let _ = histogram.borrow_mut().record(micros.max(1));
+                            appends.set(appends.get() + 1);
+                        }
+                        Err(error) => {
+                            *failure.lock().expect("failure") = Some(error);
                             return;
                         }
-                        match journal.append(&record).await {
-                            Ok(_) => {
-                                let micros = began.elapsed().as_micros() as u64;
-                                let _ = histogram.borrow_mut().record(micros.max(1));
-                                appends.set(appends.get() + 1);
-                            }
-                            Err(error) => {
-                                *failure.lock().expect("failure") = Some(error);
-                                return;
-                            }
-                        }
                     }
-                })
-                .expect("spawn a bench writer");
+                }
+            })
         }
-        pool.run();
+        // block_on sets up its thread-local waker on first use: before the gate.
+        futures::executor::block_on(async {});
+        deadline_cell.set(Some(gate.open()));
+        futures::executor::block_on(async {
+            use futures::StreamExt;
+            while tasks.next().await.is_some() {}
+        });
         end.wait();
-        *histogram = histogram_cell.borrow().clone();
+        // Every task is done, so this is the last reference: no clone (no allocation).
+        *histogram = std::rc::Rc::try_unwrap(histogram_cell)
+            .map(std::cell::RefCell::into_inner)
+            .unwrap_or_else(|shared| shared.borrow().clone());
         appends.get()
     });
     if let Some(error) = failure.lock().expect("failure").take() {
@@ -608,7 +640,8 @@ fn bench_naive(config: &BenchConfig) -> crate::Result<BenchResult> {
     let measured = measure(
         config,
         config.writers.max(1),
-        move |_, end, deadline, histogram| {
+        move |_, gate, end, histogram| {
+            let deadline = gate.open();
             let mut appends = 0;
             loop {
                 let began = Instant::now();
@@ -680,9 +713,10 @@ fn bench_buffered_group_commit(config: &BenchConfig) -> crate::Result<BenchResul
     let measured = measure(
         config,
         config.writers.max(1),
-        move |_, end, deadline, histogram| {
+        move |_, gate, end, histogram| {
             let (lock, wake) = &*shared_state;
             let mut spare: Vec<u8> = Vec::with_capacity(1 << 20);
+            let deadline = gate.open();
             let mut appends = 0;
             loop {
                 let began = Instant::now();
