@@ -72,6 +72,10 @@ pub struct JournalBenchArgs {
     /// Print one JSON object per journal (one line each) instead of a table.
     #[arg(long)]
     pub json: bool,
+
+    /// Write an SVG with the commit latency CDF of each journal.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -330,7 +334,11 @@ mod tests {
         assert!(parse(&["journal", "bench", "--writers", "0"]).is_err());
         assert!(parse(&["journal", "bench", "--record-bytes", "0"]).is_err());
         assert!(parse(&["journal", "bench", "--runtime", "soon"]).is_err());
-        assert!(parse(&["journal", "bench", "--plot", "x.svg"]).is_err());
+        let cli = parse(&["journal", "bench", "--plot", "x.svg"]).unwrap();
+        let Command::Journal(JournalCommand::Bench(bench)) = cli.command else {
+            panic!("expected journal bench")
+        };
+        assert_eq!(bench.plot, Some(PathBuf::from("x.svg")));
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::bench::stats::Measurement;
 use crate::bench::workload::{self, Workload};
 use crate::error::{cli_error, CliResult};
 use crate::fio;
+use crate::plot;
 use crate::progress::Progress;
 use crate::sys;
 use crate::tempfile::BenchDir;
@@ -30,6 +31,16 @@ pub fn bench(args: JournalBenchArgs) -> CliResult<ExitCode> {
         .ok()
         .filter(|bytes| *bytes <= 1 << 30)
         .ok_or_else(|| cli_error!("--record-bytes {} is larger than 1 GiB", args.record_bytes))?;
+    if let Some(path) = &args.plot {
+        let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+        if let Some(parent) = parent.filter(|p| !p.is_dir()) {
+            return Err(cli_error!(
+                "--plot {}: directory {} does not exist",
+                path.display(),
+                parent.display()
+            ));
+        }
+    }
     // Before any thread starts (see BenchDir::create).
     let scratch = BenchDir::create(args.dir.as_deref())?;
 
@@ -47,6 +58,26 @@ pub fn bench(args: JournalBenchArgs) -> CliResult<ExitCode> {
     );
     let results = tools::bench(&config).map_err(|err| cli_error!("journal bench: {err}"))?;
     progress.finish();
+    if let Some(path) = &args.plot {
+        let series: Vec<plot::CdfSeries<'_>> = results
+            .iter()
+            .map(|r| plot::CdfSeries {
+                name: r.journal.name(),
+                cdf: &r.commit_latency_cdf,
+                p50_us: r.commit_us_p50,
+            })
+            .collect();
+        let title = format!(
+            "Commit latency (CDF), {} writers x {} B records",
+            args.writers, record_bytes
+        );
+        let svg = plot::render_cdf(&title, "appends durable within latency", &series);
+        std::fs::write(path, svg)
+            .map_err(|err| cli_error!("cannot write {}: {err}", path.display()))?;
+        if !args.json {
+            println!("plot written to {}", path.display());
+        }
+    }
 
     if args.json {
         for result in &results {
@@ -285,7 +316,29 @@ mod tests {
             batches: 10,
             records_per_batch_mean: appends_per_s / 10.0,
             allocs_per_append: Some(0.0),
+            commit_latency_cdf: vec![(p50, 0.5), (p50 * 3.0, 1.0)],
         }
+    }
+
+    #[test]
+    fn journal_plot_has_a_curve_and_a_legend_per_journal() {
+        let results = [
+            result(BenchJournal::Directfile, 50_000.0, 300.0),
+            result(BenchJournal::Naive, 900.0, 2_000.0),
+        ];
+        let series: Vec<plot::CdfSeries<'_>> = results
+            .iter()
+            .map(|r| plot::CdfSeries {
+                name: r.journal.name(),
+                cdf: &r.commit_latency_cdf,
+                p50_us: r.commit_us_p50,
+            })
+            .collect();
+        let svg = plot::render_cdf("Commit latency", "appends durable within latency", &series);
+        assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
+        assert_eq!(svg.matches("<polyline").count(), 2);
+        assert!(svg.contains("directfile") && svg.contains("naive"));
+        assert!(svg.contains("appends durable within latency"));
     }
 
     #[test]

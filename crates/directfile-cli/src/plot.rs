@@ -73,11 +73,54 @@ pub fn render(measurements: &[Measurement]) -> String {
     svg
 }
 
+/// One curve of a latency CDF panel.
+pub struct CdfSeries<'a> {
+    /// Legend name.
+    pub name: &'a str,
+    /// (latency in µs, fraction within it), ascending.
+    pub cdf: &'a [(f64, f64)],
+    /// The median shown in the legend, in µs.
+    pub p50_us: f64,
+}
+
+/// Renders a one-panel SVG: the latency CDF of each series (log latency axis).
+pub fn render_cdf(title_text: &str, y_label: &str, series: &[CdfSeries<'_>]) -> String {
+    let mut svg = String::new();
+    let _ = writeln!(
+        svg,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{PANEL_HEIGHT}" viewBox="0 0 {WIDTH} {PANEL_HEIGHT}" font-family="sans-serif" font-size="13">"#
+    );
+    let _ = writeln!(
+        svg,
+        r#"<rect x="0" y="0" width="{WIDTH}" height="{PANEL_HEIGHT}" fill="white"/>"#
+    );
+    cdf_panel(&mut svg, series, title_text, y_label);
+    svg.push_str("</svg>\n");
+    svg
+}
+
 fn latency_panel(svg: &mut String, measurements: &[Measurement], workload: &str) {
-    let frame = Frame::for_panel(0);
-    let values = measurements
+    let series: Vec<CdfSeries<'_>> = measurements
         .iter()
-        .flat_map(|m| m.latency_cdf.iter().map(|point| point.0))
+        .map(|m| CdfSeries {
+            name: &m.backend,
+            cdf: &m.latency_cdf,
+            p50_us: m.lat_us_p50,
+        })
+        .collect();
+    cdf_panel(
+        svg,
+        &series,
+        &format!("Latency distribution (CDF), {workload}"),
+        "ops completed within latency",
+    );
+}
+
+fn cdf_panel(svg: &mut String, series: &[CdfSeries<'_>], title_text: &str, y_label: &str) {
+    let frame = Frame::for_panel(0);
+    let values = series
+        .iter()
+        .flat_map(|m| m.cdf.iter().map(|point| point.0))
         .filter(|&us| us > 0.0 && us.is_finite());
     let (low, high) = values.fold((f64::INFINITY, 0.0f64), |(low, high), us| {
         (low.min(us), high.max(us))
@@ -95,11 +138,7 @@ fn latency_panel(svg: &mut String, measurements: &[Measurement], workload: &str)
     };
     let y_of = |fraction: f64| frame.bottom() - fraction.clamp(0.0, 1.0) * frame.height;
 
-    title(
-        svg,
-        &frame,
-        &format!("Latency distribution (CDF), {workload}"),
-    );
+    title(svg, &frame, title_text);
     // Y grid: every 10 %.
     for step in 0..=10 {
         let fraction = step as f64 / 10.0;
@@ -127,16 +166,11 @@ fn latency_panel(svg: &mut String, measurements: &[Measurement], workload: &str)
         }
         decade += 1.0;
     }
-    axes(
-        svg,
-        &frame,
-        "latency (log scale)",
-        "ops completed within latency",
-    );
-    for (index, measurement) in measurements.iter().enumerate() {
+    axes(svg, &frame, "latency (log scale)", y_label);
+    for (index, measurement) in series.iter().enumerate() {
         let color = COLORS[index % COLORS.len()];
         let points: Vec<String> = measurement
-            .latency_cdf
+            .cdf
             .iter()
             .filter(|point| point.0.is_finite())
             .map(|&(us, fraction)| format!("{:.1},{:.1}", x_of(us), y_of(fraction)))
@@ -148,8 +182,8 @@ fn latency_panel(svg: &mut String, measurements: &[Measurement], workload: &str)
                 points.join(" ")
             );
         }
-        let note = format!("p50 {}", format_latency_us(measurement.lat_us_p50));
-        legend_entry(svg, &frame, index, color, &measurement.backend, &note);
+        let note = format!("p50 {}", format_latency_us(measurement.p50_us));
+        legend_entry(svg, &frame, index, color, measurement.name, &note);
     }
 }
 

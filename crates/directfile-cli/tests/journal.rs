@@ -373,7 +373,11 @@ fn bad_input_is_one_line() {
             2,
             "5 parsecs",
         ),
-        (&["journal", "bench", "--plot", "x.svg"], 2, "--plot"),
+        (
+            &["journal", "bench", "--plot", "no-such-dir/x.svg"],
+            1,
+            "does not exist",
+        ),
         (&["journal", "bench", "missing-dir"], 1, "does not exist"),
         (&["journal", "bench", "plain-file"], 1, "not a directory"),
         (

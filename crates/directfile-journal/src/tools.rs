@@ -311,6 +311,9 @@ pub struct BenchResult {
     pub records_per_batch_mean: f64,
     /// Heap allocations per append during the measurement (None without a counter).
     pub allocs_per_append: Option<f64>,
+    /// (commit latency in µs, fraction of appends committed within it), ascending: the CDF
+    /// behind the percentiles, for plots. Not part of the JSON.
+    pub commit_latency_cdf: Vec<(f64, f64)>,
 }
 
 impl BenchResult {
@@ -473,6 +476,7 @@ fn result(
         } else {
             measured.appends as f64 / batches as f64
         },
+        commit_latency_cdf: latency_cdf(h),
         allocs_per_append: measured.allocs.map(|a| {
             if measured.appends == 0 {
                 0.0
@@ -481,6 +485,23 @@ fn result(
             }
         }),
     }
+}
+
+/// The histogram as a CDF of at most 1,001 points (one per 0.1 % of appends), ascending.
+fn latency_cdf(h: &Histogram<u64>) -> Vec<(f64, f64)> {
+    if h.is_empty() {
+        return Vec::new();
+    }
+    let mut points: Vec<(f64, f64)> = Vec::with_capacity(1001);
+    for step in 0..=1000 {
+        let fraction = step as f64 / 1000.0;
+        let micros = h.value_at_quantile(fraction) as f64;
+        match points.last_mut() {
+            Some(last) if last.0 == micros => last.1 = fraction,
+            _ => points.push((micros, fraction)),
+        }
+    }
+    points
 }
 
 /// A fresh directory under `dir`, removed on drop.
@@ -804,6 +825,7 @@ mod tests {
             batches: 10,
             records_per_batch_mean: 1.0,
             allocs_per_append: None,
+            commit_latency_cdf: vec![(100.0, 0.5), (200.0, 1.0)],
         };
         let json = result.to_json();
         for field in [
