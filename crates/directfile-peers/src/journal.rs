@@ -18,12 +18,13 @@ use std::time::{Duration, Instant};
 use directfile_journal::tools::{self, BenchConfig, BenchResult};
 use hdrhistogram::Histogram;
 
-use crate::util::json_number;
+use crate::util::{json_number, median};
 
 pub struct Config {
     pub writers: usize,
     pub record_bytes: usize,
     pub runtime: Duration,
+    pub rounds: usize,
     pub only: Vec<String>,
     pub json: bool,
     pub dir: PathBuf,
@@ -67,7 +68,10 @@ impl Row {
 
     fn to_json(&self) -> String {
         let (batches, per_batch) = match self.batches {
-            Some(b) if b > 0 => (b.to_string(), format!("{:.2}", self.appends as f64 / b as f64)),
+            Some(b) if b > 0 => (
+                b.to_string(),
+                format!("{:.2}", self.appends as f64 / b as f64),
+            ),
             Some(b) => (b.to_string(), "0.00".to_string()),
             None => ("null".to_string(), "null".to_string()),
         };
@@ -191,6 +195,29 @@ where
     })
 }
 
+/// Field-wise medians over rounds (appends and batches too).
+fn median_row(rows: &[Row]) -> Row {
+    let field = |get: &dyn Fn(&Row) -> f64| median(&mut rows.iter().map(get).collect::<Vec<_>>());
+    let batches = if rows.iter().all(|r| r.batches.is_some()) {
+        Some(field(&|r| r.batches.unwrap_or(0) as f64).round() as u64)
+    } else {
+        None
+    };
+    Row {
+        journal: rows[0].journal.clone(),
+        writers: rows[0].writers,
+        record_bytes: rows[0].record_bytes,
+        appends: field(&|r| r.appends as f64).round() as u64,
+        appends_per_s: field(&|r| r.appends_per_s),
+        bytes_per_s: field(&|r| r.bytes_per_s),
+        commit_us_p50: field(&|r| r.commit_us_p50),
+        commit_us_p99: field(&|r| r.commit_us_p99),
+        commit_us_p999: field(&|r| r.commit_us_p999),
+        batches,
+        allocs_per_append: None,
+    }
+}
+
 fn bench_directfile(config: &Config) -> Result<Row, String> {
     let mut bench = BenchConfig::new(&config.dir);
     bench.writers = config.writers;
@@ -257,31 +284,50 @@ pub fn main(config: Config) -> Result<(), String> {
         }
         picked
     };
-    fs::create_dir_all(&config.dir)
-        .map_err(|e| format!("mkdir {}: {e}", config.dir.display()))?;
-    let mut rows = Vec::new();
-    let mut left_out = Vec::new();
-    for journal in journals {
-        let outcome = match journal {
-            "directfile" => bench_directfile(&config),
-            "okaywal" => bench_okaywal(&config),
-            "fsys" => bench_fsys(&config, false),
-            _ => bench_fsys(&config, true),
-        };
-        match outcome {
-            Ok(row) => {
-                eprintln!(
-                    "{:<12} {:>10.0} appends/s  commit p50 {:>7.0} us  p99 {:>7.0} us",
-                    row.journal, row.appends_per_s, row.commit_us_p50, row.commit_us_p99
-                );
-                rows.push(row);
+    fs::create_dir_all(&config.dir).map_err(|e| format!("mkdir {}: {e}", config.dir.display()))?;
+    let mut per_journal: Vec<Vec<Row>> = vec![Vec::new(); journals.len()];
+    let mut left_out: Vec<(&str, String)> = Vec::new();
+    for round in 0..config.rounds {
+        // Alternate: rotate the order every round.
+        for k in 0..journals.len() {
+            let index = (k + round) % journals.len();
+            let journal = journals[index];
+            if left_out.iter().any(|(j, _)| *j == journal) {
+                continue;
             }
-            Err(reason) => {
-                eprintln!("left out {journal}: {reason}");
-                left_out.push((journal, reason));
+            let outcome = match journal {
+                "directfile" => bench_directfile(&config),
+                "okaywal" => bench_okaywal(&config),
+                "fsys" => bench_fsys(&config, false),
+                _ => bench_fsys(&config, true),
+            };
+            match outcome {
+                Ok(row) => {
+                    eprintln!(
+                        "round {}/{} {:<12} {:>10.0} appends/s  commit p50 {:>7.0} us  p99 {:>7.0} us",
+                        round + 1,
+                        config.rounds,
+                        row.journal,
+                        row.appends_per_s,
+                        row.commit_us_p50,
+                        row.commit_us_p99
+                    );
+                    per_journal[index].push(row);
+                }
+                Err(reason) => {
+                    eprintln!("round {} {journal}: left out: {reason}", round + 1);
+                    left_out.push((journal, reason));
+                }
             }
         }
     }
+    let rows: Vec<Row> = journals
+        .iter()
+        .enumerate()
+        .filter(|(_, j)| !left_out.iter().any(|(l, _)| l == *j))
+        .filter(|(i, _)| !per_journal[*i].is_empty())
+        .map(|(i, _)| median_row(&per_journal[i]))
+        .collect();
     if config.json {
         for row in &rows {
             println!("{}", row.to_json());
@@ -289,10 +335,11 @@ pub fn main(config: Config) -> Result<(), String> {
     } else {
         let base = rows.iter().find(|r| r.journal == "directfile");
         println!(
-            "journal: {} writers x {} B, each append durable before the next, {:.1}s",
+            "journal: {} writers x {} B, each append durable before the next, {:.1}s, rounds={} (medians)",
             config.writers,
             config.record_bytes,
-            config.runtime.as_secs_f64()
+            config.runtime.as_secs_f64(),
+            config.rounds
         );
         println!(
             "{:<12} {:>12} {:>10} {:>10} {:>10} {:>10} {:>12}",

@@ -69,6 +69,9 @@ enum Command {
         record_bytes: usize,
         #[arg(long, default_value = "5s", value_parser = util::parse_duration)]
         runtime: Duration,
+        /// Rounds; journals alternate within each round, the table shows medians.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
         /// Only these journals (comma separated): directfile, okaywal, fsys.
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
@@ -110,6 +113,7 @@ fn main() -> ExitCode {
             writers,
             record_bytes,
             runtime,
+            rounds,
             only,
             json,
             dir,
@@ -117,6 +121,7 @@ fn main() -> ExitCode {
             writers: writers.max(1),
             record_bytes: record_bytes.max(1),
             runtime,
+            rounds: rounds.max(1),
             only,
             json,
             dir,
