@@ -4,11 +4,12 @@
 //! without any storage. The journal applies the resulting [`Plan`]: it truncates a torn tail,
 //! removes unused or half-created trailing segments, and continues at [`Plan::next_lsn`].
 //!
-//! Why a torn tail is recognisable: the writer keeps at most `batches_in_flight_max` batches of
-//! at most `batch_bytes_max` bytes in flight, all in the newest segment (rotation waits until
-//! every batch of the old segment is durable). When the machine stops, only those batches can
-//! be partly written, and they lie within `batches_in_flight_max * batch_bytes_max` bytes of the
-//! first damaged batch. So in the last segment, damage whose non-zero bytes all end within that
+//! Why a torn tail is recognisable: the writer keeps at most `batches_in_flight_max + 1` batches
+//! of at most `batch_bytes_max` bytes unacknowledged (its ring of slots: `batches_in_flight_max`
+//! lanes plus an appender that writes its own batch when nothing else is in flight), all in the
+//! newest segment (rotation waits until every batch of the old segment is durable). When the
+//! machine stops, only those batches can be partly written, and they lie within
+//! `(batches_in_flight_max + 1) * batch_bytes_max` bytes of the first damaged batch. So in the last segment, damage whose non-zero bytes all end within that
 //! window of the first bad batch is a torn tail; damage anywhere else, or written bytes beyond
 //! the window, or a break in LSN continuity between segments, is corruption.
 
@@ -58,10 +59,12 @@ pub enum HeaderState {
     Valid(SegmentHeader),
     /// The whole file is zeros: a preallocated segment that was never used.
     Unused,
-    /// The header is invalid; `rest_is_zero` tells whether anything was written after it.
+    /// The header is invalid; `rest_is_zero` tells whether anything was written after it, and
+    /// `nonzero_end` is the offset just past the last non-zero byte of the file.
     Invalid {
         reason: FormatError,
         rest_is_zero: bool,
+        nonzero_end: u64,
     },
 }
 
@@ -133,6 +136,7 @@ pub fn scan_segment(segment_number: u64, bytes: &[u8]) -> SegmentScan {
                 HeaderState::Invalid {
                     reason,
                     rest_is_zero,
+                    nonzero_end: bytes.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1) as u64,
                 }
             };
             return SegmentScan {
@@ -257,15 +261,28 @@ pub fn plan(scans: &[SegmentScan]) -> Result<Plan, Corruption> {
     let mut removed_segments = Vec::new();
     let mut torn_tail = None;
     // Trailing segments without a valid header and without data: spares (all zeros) or a torn
-    // header write at rotation (then nothing was written after the header).
+    // header write at rotation (then nothing was written after the header block: the batch
+    // that follows is written only once the header write completed). A torn write may leave
+    // garbage anywhere in the header block, not only in the header's 64 bytes; the block size
+    // is the previous segment's (the same writer wrote both), or the smallest block, 512,
+    // when there is no previous segment.
     while kept > 0 {
         let scan = &scans[kept - 1];
+        let header_block_bytes = scans[..kept - 1]
+            .iter()
+            .rev()
+            .find_map(|s| match &s.header {
+                HeaderState::Valid(header) => Some(u64::from(header.block_bytes)),
+                _ => None,
+            })
+            .unwrap_or(512);
         match &scan.header {
             HeaderState::Unused => {}
             HeaderState::Invalid {
                 reason,
-                rest_is_zero: true,
-            } if torn_tail.is_none() => {
+                nonzero_end,
+                ..
+            } if torn_tail.is_none() && *nonzero_end <= header_block_bytes => {
                 torn_tail = Some(TornTail {
                     segment_number: scan.segment_number,
                     offset: 0,
