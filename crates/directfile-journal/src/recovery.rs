@@ -620,6 +620,33 @@ mod tests {
         assert_eq!(scan.valid_end, offsets[0] as u64);
     }
 
+    #[test]
+    fn torn_window_holds_one_batch_more_than_the_lanes() {
+        // The ring holds batches_in_flight_max + 1 = 3 unacknowledged batches of up to 2048
+        // bytes: the first lost and the last landed spans the whole 6144-byte window.
+        let (mut bytes, offsets) = segment(1, 1, 16, 1);
+        bytes[offsets[4]..offsets[5]].fill(0);
+        let scan = scan_segment(1, &bytes[..offsets[4] + 6144]);
+        assert_eq!(plan(&[scan]).unwrap().next_lsn, 5);
+        // One written block further is beyond any crash.
+        bytes[offsets[4] + 6144] = 1;
+        assert!(plan(&[scan_segment(1, &bytes)]).is_err());
+    }
+
+    #[test]
+    fn torn_header_block_with_garbage_is_a_torn_tail() {
+        let (first, _) = segment(1, 1, 3, 2);
+        let mut torn = vec![0u8; SEGMENT_BYTES];
+        torn[..BLOCK].fill(0xA5);
+        let plan_of = |second: &[u8]| plan(&[scan_segment(1, &first), scan_segment(2, second)]);
+        let torn_plan = plan_of(&torn).unwrap();
+        assert_eq!(torn_plan.removed_segments, vec![2]);
+        assert_eq!(torn_plan.torn_tail.unwrap().segment_number, 2);
+        // Non-zero bytes past the header block: something was written after the header.
+        torn[BLOCK] = 1;
+        assert!(plan_of(&torn).is_err());
+    }
+
     proptest! {
         /// Garbage, or a valid segment with random bytes overwritten, never panics the scan or
         /// the planner, and whatever the planner keeps is a verified prefix.

@@ -36,7 +36,7 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io;
+use std::io::{self, Write};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -1040,6 +1040,7 @@ fn crash_states_recover_exactly_an_acknowledged_prefix() {
         random.misdirected,
         random.misdirected_detected,
     );
-    println!("{total} crash states checked");
+    // Straight to stdout, past the test harness's capture, so CI logs show the count.
+    writeln!(std::io::stdout(), "{total} crash states checked").unwrap();
     assert!(total >= target.min(100_000), "only {total} crash states");
 }
