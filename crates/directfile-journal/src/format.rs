@@ -145,15 +145,22 @@ pub struct SegmentHeader {
     pub first_lsn: u64,
     /// Largest batch (padded) the writer produces.
     pub batch_bytes_max: u32,
-    /// How many batches the writer keeps in flight at most; with `batch_bytes_max` this bounds
-    /// how far a torn tail can reach.
+    /// How many lanes the writer has; with `batch_bytes_max` this bounds how far a torn tail can
+    /// reach (see [`SegmentHeader::torn_window_bytes`]).
     pub batches_in_flight_max: u32,
 }
 
 impl SegmentHeader {
-    /// Bytes of a segment that may be damaged by a crash: every in-flight batch.
+    /// Bytes of a segment that may be damaged by a crash: every batch not yet acknowledged.
+    ///
+    /// That is `batches_in_flight_max + 1` batches, not `batches_in_flight_max`: the writer's
+    /// ring has that many slots, and they can all be in flight at once (an appender writes its
+    /// own batch when nothing else is in flight, then the lanes take the next ones), or the
+    /// first and the last of them can be in flight with the ones between landed. A window of
+    /// `batches_in_flight_max` batches made such a crash look like corruption (found by
+    /// `tests/crash_exhaustive.rs`).
     pub fn torn_window_bytes(&self) -> u64 {
-        u64::from(self.batch_bytes_max) * u64::from(self.batches_in_flight_max)
+        u64::from(self.batch_bytes_max) * (u64::from(self.batches_in_flight_max) + 1)
     }
 }
 

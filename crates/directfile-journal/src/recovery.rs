@@ -4,11 +4,12 @@
 //! without any storage. The journal applies the resulting [`Plan`]: it truncates a torn tail,
 //! removes unused or half-created trailing segments, and continues at [`Plan::next_lsn`].
 //!
-//! Why a torn tail is recognisable: the writer keeps at most `batches_in_flight_max` batches of
-//! at most `batch_bytes_max` bytes in flight, all in the newest segment (rotation waits until
-//! every batch of the old segment is durable). When the machine stops, only those batches can
-//! be partly written, and they lie within `batches_in_flight_max * batch_bytes_max` bytes of the
-//! first damaged batch. So in the last segment, damage whose non-zero bytes all end within that
+//! Why a torn tail is recognisable: the writer keeps at most `batches_in_flight_max + 1` batches
+//! of at most `batch_bytes_max` bytes unacknowledged (its ring of slots: `batches_in_flight_max`
+//! lanes plus an appender that writes its own batch when nothing else is in flight), all in the
+//! newest segment (rotation waits until every batch of the old segment is durable). When the
+//! machine stops, only those batches can be partly written, and they lie within
+//! `(batches_in_flight_max + 1) * batch_bytes_max` bytes of the first damaged batch. So in the last segment, damage whose non-zero bytes all end within that
 //! window of the first bad batch is a torn tail; damage anywhere else, or written bytes beyond
 //! the window, or a break in LSN continuity between segments, is corruption.
 
@@ -58,10 +59,12 @@ pub enum HeaderState {
     Valid(SegmentHeader),
     /// The whole file is zeros: a preallocated segment that was never used.
     Unused,
-    /// The header is invalid; `rest_is_zero` tells whether anything was written after it.
+    /// The header is invalid; `rest_is_zero` tells whether anything was written after it, and
+    /// `nonzero_end` is the offset just past the last non-zero byte of the file.
     Invalid {
         reason: FormatError,
         rest_is_zero: bool,
+        nonzero_end: u64,
     },
 }
 
@@ -133,6 +136,7 @@ pub fn scan_segment(segment_number: u64, bytes: &[u8]) -> SegmentScan {
                 HeaderState::Invalid {
                     reason,
                     rest_is_zero,
+                    nonzero_end: bytes.iter().rposition(|&b| b != 0).map_or(0, |at| at + 1) as u64,
                 }
             };
             return SegmentScan {
@@ -257,15 +261,28 @@ pub fn plan(scans: &[SegmentScan]) -> Result<Plan, Corruption> {
     let mut removed_segments = Vec::new();
     let mut torn_tail = None;
     // Trailing segments without a valid header and without data: spares (all zeros) or a torn
-    // header write at rotation (then nothing was written after the header).
+    // header write at rotation (then nothing was written after the header block: the batch
+    // that follows is written only once the header write completed). A torn write may leave
+    // garbage anywhere in the header block, not only in the header's 64 bytes; the block size
+    // is the previous segment's (the same writer wrote both), or the smallest block, 512,
+    // when there is no previous segment.
     while kept > 0 {
         let scan = &scans[kept - 1];
+        let header_block_bytes = scans[..kept - 1]
+            .iter()
+            .rev()
+            .find_map(|s| match &s.header {
+                HeaderState::Valid(header) => Some(u64::from(header.block_bytes)),
+                _ => None,
+            })
+            .unwrap_or(512);
         match &scan.header {
             HeaderState::Unused => {}
             HeaderState::Invalid {
                 reason,
-                rest_is_zero: true,
-            } if torn_tail.is_none() => {
+                nonzero_end,
+                ..
+            } if torn_tail.is_none() && *nonzero_end <= header_block_bytes => {
                 torn_tail = Some(TornTail {
                     segment_number: scan.segment_number,
                     offset: 0,
@@ -601,6 +618,33 @@ mod tests {
             }
         ));
         assert_eq!(scan.valid_end, offsets[0] as u64);
+    }
+
+    #[test]
+    fn torn_window_holds_one_batch_more_than_the_lanes() {
+        // The ring holds batches_in_flight_max + 1 = 3 unacknowledged batches of up to 2048
+        // bytes: the first lost and the last landed spans the whole 6144-byte window.
+        let (mut bytes, offsets) = segment(1, 1, 16, 1);
+        bytes[offsets[4]..offsets[5]].fill(0);
+        let scan = scan_segment(1, &bytes[..offsets[4] + 6144]);
+        assert_eq!(plan(&[scan]).unwrap().next_lsn, 5);
+        // One written block further is beyond any crash.
+        bytes[offsets[4] + 6144] = 1;
+        assert!(plan(&[scan_segment(1, &bytes)]).is_err());
+    }
+
+    #[test]
+    fn torn_header_block_with_garbage_is_a_torn_tail() {
+        let (first, _) = segment(1, 1, 3, 2);
+        let mut torn = vec![0u8; SEGMENT_BYTES];
+        torn[..BLOCK].fill(0xA5);
+        let plan_of = |second: &[u8]| plan(&[scan_segment(1, &first), scan_segment(2, second)]);
+        let torn_plan = plan_of(&torn).unwrap();
+        assert_eq!(torn_plan.removed_segments, vec![2]);
+        assert_eq!(torn_plan.torn_tail.unwrap().segment_number, 2);
+        // Non-zero bytes past the header block: something was written after the header.
+        torn[BLOCK] = 1;
+        assert!(plan_of(&torn).is_err());
     }
 
     proptest! {

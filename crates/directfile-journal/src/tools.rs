@@ -113,7 +113,7 @@ impl fmt::Display for DumpReport {
                     "segment {} ({} bytes): unused (all zeros, a preallocated spare)",
                     scan.segment_number, scan.file_bytes
                 )?,
-                HeaderState::Invalid { reason, rest_is_zero } => writeln!(
+                HeaderState::Invalid { reason, rest_is_zero, .. } => writeln!(
                     f,
                     "segment {} ({} bytes): INVALID HEADER at offset 0: {reason}{}",
                     scan.segment_number,
