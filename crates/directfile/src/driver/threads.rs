@@ -102,8 +102,11 @@ impl Threads {
     fn next_job(&self, shared: &Shared) -> Option<(u32, u32)> {
         // A short spin first: at queue depth 1 the next job usually arrives within the spin,
         // which saves the futex wake-up of a sleeping worker.
-        // One worker at most spins, and for no longer than 100 us.
+        // One worker at most spins, for no longer than 100 us, and only at queue depth 1 (the
+        // operation this worker just finished is the only one): with more in flight, jobs
+        // arrive while others run, and a spinning worker would only take a CPU from them.
         if !shared.spin.is_zero()
+            && shared.slots.in_flight() <= 1
             && self
                 .spinning
                 .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
