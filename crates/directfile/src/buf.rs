@@ -5,8 +5,8 @@
 //! flight the driver's slot owns the buffer, also after the future is dropped.
 #![allow(unsafe_code)]
 
+use crate::wait::WaitQueue;
 use std::alloc::{self, Layout};
-use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::Mutex;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 /// An owned buffer whose address is aligned for direct I/O.
 ///
@@ -208,7 +208,7 @@ struct PoolInner {
 
 struct PoolState {
     free: Vec<u32>,
-    waiters: VecDeque<Waker>,
+    waiters: WaitQueue,
 }
 
 // SAFETY: the region behind `base` is only reached through AlignedBufs, each owning a disjoint
@@ -222,7 +222,7 @@ impl PoolInner {
         let waiter = {
             let mut state = self.state.lock().unwrap();
             state.free.push(index);
-            state.waiters.pop_front()
+            state.waiters.pop()
         };
         if let Some(w) = waiter {
             w.wake();
@@ -231,10 +231,15 @@ impl PoolInner {
 
     fn take(self: &Arc<Self>) -> Option<AlignedBuf> {
         let index = self.state.lock().unwrap().free.pop()?;
+        Some(self.buf_at(index))
+    }
+
+    /// The buffer `index`, just taken off the free list.
+    fn buf_at(self: &Arc<Self>, index: u32) -> AlignedBuf {
         // SAFETY: index < count, so the offset stays inside the region of count * buf_size
         // bytes allocated in `BufPool::new`.
         let ptr = unsafe { self.base.as_ptr().add(index as usize * self.buf_size) };
-        Some(AlignedBuf {
+        AlignedBuf {
             // SAFETY: derived from a non-null base by an in-bounds offset.
             ptr: unsafe { NonNull::new_unchecked(ptr) },
             len: 0,
@@ -244,7 +249,7 @@ impl PoolInner {
                 pool: Arc::clone(self),
                 index,
             }),
-        })
+        }
     }
 }
 
@@ -302,7 +307,7 @@ impl BufPool {
                 count,
                 state: Mutex::new(PoolState {
                     free,
-                    waiters: VecDeque::with_capacity(16),
+                    waiters: WaitQueue::with_capacity(16),
                 }),
                 fixed: std::sync::OnceLock::new(),
             }),
@@ -318,7 +323,7 @@ impl BufPool {
     pub fn get(&self) -> GetBuf<'_> {
         GetBuf {
             pool: self,
-            registered: false,
+            ticket: None,
         }
     }
 
@@ -365,38 +370,40 @@ impl fmt::Debug for BufPool {
 /// Future of [`BufPool::get`].
 pub struct GetBuf<'a> {
     pool: &'a BufPool,
-    registered: bool,
+    /// Our place in the pool's queue of waiting tasks, once we had to wait.
+    ticket: Option<u64>,
 }
 
 impl Future for GetBuf<'_> {
     type Output = AlignedBuf;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<AlignedBuf> {
-        if let Some(buf) = self.pool.inner.take() {
-            self.registered = false;
-            return Poll::Ready(buf);
-        }
-        {
-            let mut state = self.pool.inner.state.lock().unwrap();
-            // Re-check under the lock: a buffer returned between `take` and here would
-            // otherwise wake nobody.
-            if !state.free.is_empty() {
-                drop(state);
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
+        let inner = &self.pool.inner;
+        let mut state = inner.state.lock().unwrap();
+        if let Some(index) = state.free.pop() {
+            if let Some(t) = self.ticket.take() {
+                state.waiters.remove(t);
             }
-            state.waiters.push_back(cx.waker().clone());
+            drop(state);
+            return Poll::Ready(self.pool.inner.buf_at(index));
         }
-        self.registered = true;
+        let this = &mut *self;
+        state.waiters.register(&mut this.ticket, cx.waker());
         Poll::Pending
     }
 }
 
 impl Drop for GetBuf<'_> {
     fn drop(&mut self) {
-        // We may have been the one woken for a returned buffer: pass the wake-up on so no
-        // other waiter is stranded.
-        if self.registered {
-            let waiter = self.pool.inner.state.lock().unwrap().waiters.pop_front();
+        // If our entry was already popped, we consumed a wake-up meant for a returned buffer:
+        // pass it on so no other waiter is stranded.
+        if let Some(t) = self.ticket {
+            let waiter = {
+                let mut state = self.pool.inner.state.lock().unwrap();
+                if state.waiters.remove(t) || state.free.is_empty() {
+                    return;
+                }
+                state.waiters.pop()
+            };
             if let Some(w) = waiter {
                 w.wake();
             }
@@ -407,6 +414,8 @@ impl Drop for GetBuf<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::task::Waker;
 
     #[test]
     fn aligned_and_zeroed() {
@@ -460,6 +469,48 @@ mod tests {
         std::thread::sleep(std::time::Duration::from_millis(20));
         drop(held);
         assert_eq!(t.join().unwrap(), 512);
+    }
+
+    #[test]
+    fn a_dropped_get_never_takes_a_live_waiters_buffer() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let pool = BufPool::unregistered(1, 512, 512);
+        let held = pool.try_get().unwrap();
+        let (y_count, x_count) = (
+            Arc::new(Count(AtomicUsize::new(0))),
+            Arc::new(Count(AtomicUsize::new(0))),
+        );
+        let (y_waker, x_waker) = (Waker::from(y_count.clone()), Waker::from(x_count.clone()));
+        let mut y = pool.get();
+        let mut x = pool.get();
+        for _ in 0..3 {
+            // Re-polls do not queue the same task twice.
+            assert!(Pin::new(&mut y)
+                .poll(&mut Context::from_waker(&y_waker))
+                .is_pending());
+        }
+        assert!(Pin::new(&mut x)
+            .poll(&mut Context::from_waker(&x_waker))
+            .is_pending());
+        assert_eq!(pool.inner.state.lock().unwrap().waiters.len(), 2);
+        drop(x);
+        drop(held);
+        assert_eq!(
+            y_count.0.load(Ordering::SeqCst),
+            1,
+            "the live waiter is woken"
+        );
+        assert_eq!(x_count.0.load(Ordering::SeqCst), 0);
+        let Poll::Ready(buf) = Pin::new(&mut y).poll(&mut Context::from_waker(&y_waker)) else {
+            panic!("the buffer is free")
+        };
+        assert_eq!(buf.capacity(), 512);
     }
 
     /// A minimal executor for unit tests of this module.

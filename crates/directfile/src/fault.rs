@@ -133,6 +133,7 @@ impl Injector {
         std::thread::Builder::new()
             .name("directfile-fault".into())
             .spawn(move || loop {
+                let _abort = crate::driver::AbortOnUnwind;
                 std::thread::sleep(FLUSH_PERIOD);
                 let injector = shared.faults.as_ref().expect("started with a plan");
                 if injector.flush(&shared) {

@@ -47,10 +47,11 @@ mod file;
 mod op;
 mod sync;
 pub mod sys;
+mod wait;
 
 pub use align::{Alignment, AlignmentSource};
 pub use buf::{AlignedBuf, BufPool, GetBuf};
-pub use driver::{io_uring_status, Backend, BackendChoice, Driver, DriverBuilder};
+pub use driver::{io_uring_status, Backend, BackendChoice, Driver, DriverBuilder, MAX_QUEUE_DEPTH};
 pub use error::{BufResult, Error, Result};
 pub use file::{File, OpenOptions};
 

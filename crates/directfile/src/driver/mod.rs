@@ -20,6 +20,23 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+/// The most operation slots a driver has (`DriverBuilder::queue_depth` is capped to it): two
+/// completions per slot must fit the kernel's largest completion queue (65536 entries).
+pub const MAX_QUEUE_DEPTH: usize = 16_384;
+
+/// Aborts the process if the thread holding it unwinds: a driver thread that dies with
+/// operations in flight would leave buffers the kernel still writes into to be freed later.
+pub(crate) struct AbortOnUnwind;
+
+impl Drop for AbortOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("directfile: a driver thread panicked with I/O possibly in flight; aborting");
+            std::process::abort();
+        }
+    }
+}
+
 /// Which backend a driver runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -95,7 +112,7 @@ impl DriverBuilder {
     /// Number of operation slots: how many operations may be in flight at once. More wait for
     /// a free slot. Default 256.
     pub fn queue_depth(mut self, slots: usize) -> Self {
-        self.queue_depth = slots.max(1);
+        self.queue_depth = slots.clamp(1, MAX_QUEUE_DEPTH);
         self
     }
 
@@ -197,10 +214,18 @@ impl DriverBuilder {
             #[cfg(feature = "fault-injection")]
             faults: self.faults.map(crate::fault::Injector::new),
         });
-        shared.engine.start(&shared).map_err(Error::Io)?;
+        let started = shared.engine.start(&shared);
         #[cfg(feature = "fault-injection")]
-        if shared.faults.is_some() {
-            crate::fault::Injector::start(&shared).map_err(Error::Io)?;
+        let started = started.and_then(|()| match shared.faults.is_some() {
+            true => crate::fault::Injector::start(&shared),
+            false => Ok(()),
+        });
+        if let Err(e) = started {
+            // Threads already running must see the shutdown and exit.
+            shared.closed.store(true, Ordering::Release);
+            shared.shutdown.store(true, Ordering::Release);
+            shared.engine.shutdown();
+            return Err(Error::Io(e));
         }
         Ok(Driver {
             handle: Arc::new(Handle { shared }),
@@ -423,6 +448,8 @@ impl Driver {
     /// Refuses new operations from now on ([`Error::Closed`]); operations in flight finish.
     pub fn close(&self) {
         self.shared().closed.store(true, Ordering::Release);
+        // Tasks waiting for a slot must see it now, not after slots they will not use free up.
+        self.shared().slots.wake_all_waiters();
     }
 
     /// Number of completions the fault plan has changed so far.

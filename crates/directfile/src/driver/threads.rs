@@ -54,7 +54,10 @@ impl Threads {
             let shared = Arc::clone(shared);
             std::thread::Builder::new()
                 .name(format!("directfile-worker-{i}"))
-                .spawn(move || worker(&shared))?;
+                .spawn(move || {
+                    let _abort = super::AbortOnUnwind;
+                    worker(&shared)
+                })?;
         }
         Ok(())
     }

@@ -77,10 +77,16 @@ impl Uring {
     pub(crate) fn new(slots: usize) -> std::result::Result<Uring, String> {
         let entries = (slots as u32).next_power_of_two().clamp(8, 4096);
         // Every slot can have its operation and one cancel request outstanding, plus wake-ups:
-        // a completion queue of 4x the entries never overflows.
+        // a completion queue of 2 x slots + 16 (rounded up) never overflows. The builder caps
+        // the slots at MAX_QUEUE_DEPTH so this stays within the kernel's 65536.
+        let cq_entries = (2 * slots as u32 + 16).next_power_of_two().max(entries * 2);
+        // IORING_SETUP_SUBMIT_ALL (5.18): keep submitting past an entry that fails at prep, so
+        // no entry pushed by another thread is left in the queue.
         let ring = IoUring::builder()
-            .setup_cqsize(entries * 4)
+            .setup_cqsize(cq_entries)
+            .setup_submit_all()
             .build(entries)
+            .or_else(|_| IoUring::builder().setup_cqsize(cq_entries).build(entries))
             .map_err(|e| explain_setup_error(&e))?;
         let mut probe = io_uring::Probe::new();
         ring.submitter()
@@ -124,6 +130,7 @@ impl Uring {
         std::thread::Builder::new()
             .name("directfile-reaper".into())
             .spawn(move || {
+                let _abort = super::AbortOnUnwind;
                 let Engine::Uring(u) = &shared.engine else {
                     unreachable!()
                 };
@@ -357,21 +364,36 @@ impl Uring {
                 iov_len: size,
             })
             .collect();
-        // SAFETY: the iovecs describe the pool's memory, which stays allocated until the pool
-        // is dropped, and the pool unregisters them (unregister_buffers) before freeing it.
-        unsafe {
-            self.ring
-                .submitter()
-                .register_buffers_update(first, &iovecs, None)
+        // One entry per call: the kernel registers entries one by one and, when it stops (the
+        // memlock limit without CAP_IPC_LOCK), reports how many it took, which the io-uring
+        // crate does not pass on. A pool is registered whole or not at all.
+        for (i, iovec) in iovecs.iter().enumerate() {
+            // SAFETY: the iovec describes part of the pool's memory, which stays allocated until
+            // the pool is dropped, and the pool unregisters it (unregister_buffers) first.
+            let added = unsafe {
+                self.ring.submitter().register_buffers_update(
+                    first + i as u32,
+                    std::slice::from_ref(iovec),
+                    None,
+                )
+            };
+            if added.is_err() {
+                if !self.clear_entries(first, i) {
+                    // Could not take back what was added: keep those entries reserved.
+                    table.used[first as usize..first as usize + i].fill(true);
+                }
+                return None;
+            }
         }
-        .ok()?;
         table.used[first as usize..(first + count32) as usize].fill(true);
         Some(first)
     }
 
-    /// Removes a pool's buffers from the table (called when the pool is dropped).
-    pub(crate) fn unregister_buffers(&self, first: u32, count: usize) {
-        let mut table = self.fixed.lock().unwrap();
+    /// Empties `count` table entries from `first`. Returns whether the kernel accepted it.
+    fn clear_entries(&self, first: u32, count: usize) -> bool {
+        if count == 0 {
+            return true;
+        }
         let empty = vec![
             libc::iovec {
                 iov_base: std::ptr::null_mut(),
@@ -380,12 +402,21 @@ impl Uring {
             count
         ];
         // SAFETY: empty iovecs clear the entries; no memory is handed to the kernel.
-        let _ = unsafe {
+        unsafe {
             self.ring
                 .submitter()
                 .register_buffers_update(first, &empty, None)
-        };
-        table.used[first as usize..first as usize + count].fill(false);
+        }
+        .is_ok()
+    }
+
+    /// Removes a pool's buffers from the table (called when the pool is dropped). If the kernel
+    /// refuses, the entries stay reserved, so no later pool can be validated against them.
+    pub(crate) fn unregister_buffers(&self, first: u32, count: usize) {
+        let mut table = self.fixed.lock().unwrap();
+        if self.clear_entries(first, count) {
+            table.used[first as usize..first as usize + count].fill(false);
+        }
     }
 }
 

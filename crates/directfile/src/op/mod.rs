@@ -27,7 +27,8 @@ enum OpState {
         file: Arc<OwnedFd>,
         desc: OpDesc,
         bufs: OpBufs,
-        queued: bool,
+        /// Our place in the queue of tasks waiting for a free slot, once we had to wait.
+        ticket: Option<u64>,
     },
     Submitted {
         index: u32,
@@ -56,7 +57,7 @@ impl Op {
                 file,
                 desc,
                 bufs,
-                queued: false,
+                ticket: None,
             },
         }
     }
@@ -64,10 +65,13 @@ impl Op {
     /// Tries to submit. `Ready(Err)` is the failed-at-once case; `Ready(Ok)` means submitted.
     fn poll_submit(&mut self, cx: &mut Context<'_>) -> Poll<Option<(Error, OpBufs)>> {
         let shared = self.driver.shared();
-        let OpState::Unsubmitted { queued, .. } = &mut self.state else {
+        let OpState::Unsubmitted { ticket, .. } = &mut self.state else {
             unreachable!()
         };
         if shared.is_closed() {
+            if let Some(t) = ticket.take() {
+                shared.slots.cancel_wait(t);
+            }
             let OpState::Unsubmitted { bufs, .. } =
                 std::mem::replace(&mut self.state, OpState::Done)
             else {
@@ -75,12 +79,9 @@ impl Op {
             };
             return Poll::Ready(Some((Error::Closed, bufs)));
         }
-        let index = match shared.slots.poll_acquire(cx) {
+        let index = match shared.slots.poll_acquire(cx, ticket) {
             Poll::Ready(index) => index,
-            Poll::Pending => {
-                *queued = true;
-                return Poll::Pending;
-            }
+            Poll::Pending => return Poll::Pending,
         };
         let OpState::Unsubmitted {
             file, desc, bufs, ..
@@ -187,7 +188,9 @@ impl Drop for Op {
                     shared.engine.cancel(shared, index, generation);
                 }
             }
-            OpState::Unsubmitted { queued: true, .. } => self.driver.shared().slots.pass_wakeup(),
+            OpState::Unsubmitted {
+                ticket: Some(t), ..
+            } => self.driver.shared().slots.cancel_wait(t),
             OpState::Unsubmitted { .. } | OpState::Done => {}
         }
     }

@@ -19,7 +19,7 @@
 
 use crate::buf::AlignedBuf;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
-use std::collections::VecDeque;
+use crate::wait::WaitQueue;
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
@@ -126,7 +126,7 @@ unsafe impl Send for SlotInner {}
 
 struct FreeList {
     free: Vec<u32>,
-    waiters: VecDeque<Waker>,
+    waiters: WaitQueue,
 }
 
 /// The table of slots and the list of free ones.
@@ -139,6 +139,24 @@ pub(crate) struct Slots {
     /// is 0 the io_uring reaper thread can sleep outside the kernel and cost nothing.
     unattended: AtomicUsize,
     max_iovecs: usize,
+}
+
+impl Drop for Slots {
+    fn drop(&mut self) {
+        // Normally every slot is free by now (the driver's threads exit only when nothing is
+        // in flight). If not (a driver thread died), the kernel may still own the buffers and
+        // descriptors of in-flight slots: leak them rather than free memory it may write.
+        for slot in self.slots.iter() {
+            let mut slot = slot
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if matches!(slot.state, State::InFlight { .. } | State::Orphaned) {
+                std::mem::forget(std::mem::take(&mut slot.bufs));
+                std::mem::forget(slot.file.take());
+                std::mem::forget(std::mem::take(&mut slot.iovecs.0));
+            }
+        }
+    }
 }
 
 /// The taken-back end of an operation: its result and its buffers.
@@ -167,7 +185,7 @@ impl Slots {
             slots,
             free: Mutex::new(FreeList {
                 free: (0..count as u32).rev().collect(),
-                waiters: VecDeque::with_capacity(count),
+                waiters: WaitQueue::with_capacity(count),
             }),
             in_flight: AtomicUsize::new(0),
             unattended: AtomicUsize::new(0),
@@ -193,23 +211,30 @@ impl Slots {
         self.unattended.load(Ordering::SeqCst)
     }
 
+    /// A slot's contents. A panic elsewhere while a slot was locked (a user waker's code) does
+    /// not stop completions: the state machine is updated in single assignments, so a poisoned
+    /// lock still guards consistent contents.
     pub(crate) fn lock(&self, index: u32) -> MutexGuard<'_, SlotInner> {
-        self.slots[index as usize].lock().unwrap()
+        self.slots[index as usize]
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A free slot, or `Pending` with the task queued to be woken when one is released
-    /// (backpressure: no allocation, no failure).
-    pub(crate) fn poll_acquire(&self, cx: &mut Context<'_>) -> Poll<u32> {
+    /// A free slot, or `Pending` with the task queued (under `ticket`) to be woken when one is
+    /// released (backpressure: no allocation, no failure).
+    pub(crate) fn poll_acquire(&self, cx: &mut Context<'_>, ticket: &mut Option<u64>) -> Poll<u32> {
         let mut list = self.free.lock().unwrap();
         match list.free.pop() {
             Some(index) => {
+                if let Some(t) = ticket.take() {
+                    // Served (perhaps by a poll for another reason): leave the queue.
+                    list.waiters.remove(t);
+                }
                 self.in_flight.fetch_add(1, Ordering::AcqRel);
                 Poll::Ready(index)
             }
             None => {
-                if !list.waiters.iter().any(|w| w.will_wake(cx.waker())) {
-                    list.waiters.push_back(cx.waker().clone());
-                }
+                list.waiters.register(ticket, cx.waker());
                 Poll::Pending
             }
         }
@@ -222,25 +247,34 @@ impl Slots {
             let mut list = self.free.lock().unwrap();
             list.free.push(index);
             self.in_flight.fetch_sub(1, Ordering::AcqRel);
-            list.waiters.pop_front()
+            list.waiters.pop()
         };
         if let Some(w) = waiter {
             w.wake();
         }
     }
 
-    /// Passes a slot wake-up on to the next waiter: called by a future that was queued for a
-    /// slot and is dropped, since it may have consumed the wake-up meant for a free slot.
-    pub(crate) fn pass_wakeup(&self) {
+    /// A task queued under `ticket` stops waiting (dropped, or the driver closed). If its entry
+    /// was already popped, the wake-up it consumed is passed on to the next waiter.
+    pub(crate) fn cancel_wait(&self, ticket: u64) {
         let waiter = {
             let mut list = self.free.lock().unwrap();
-            if list.free.is_empty() {
-                // No slot to hand out: the next release wakes a waiter anyway.
+            if list.waiters.remove(ticket) || list.free.is_empty() {
+                // Still queued (no wake-up consumed), or no slot to hand out: the next
+                // release wakes a waiter anyway.
                 return;
             }
-            list.waiters.pop_front()
+            list.waiters.pop()
         };
         if let Some(w) = waiter {
+            w.wake();
+        }
+    }
+
+    /// Wakes every task waiting for a slot (the driver was closed: they must see it).
+    pub(crate) fn wake_all_waiters(&self) {
+        let waiters = self.free.lock().unwrap().waiters.take_all();
+        for (_, w) in waiters {
             w.wake();
         }
     }
@@ -403,7 +437,7 @@ mod tests {
     #[test]
     fn complete_then_take() {
         let slots = Slots::new(2, 4);
-        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx()) else {
+        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx(), &mut None) else {
             panic!()
         };
         let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, OpBufs::None, fd());
@@ -418,7 +452,7 @@ mod tests {
     #[test]
     fn orphan_frees_on_completion_and_returns_buffer() {
         let slots = Slots::new(1, 4);
-        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx()) else {
+        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx(), &mut None) else {
             panic!()
         };
         let pool = crate::BufPool::unregistered(1, 512, 512);
@@ -445,18 +479,75 @@ mod tests {
         let count = Arc::new(Count(AtomicUsize::new(0)));
         let waker = Waker::from(count.clone());
         let slots = Slots::new(1, 4);
-        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx()) else {
+        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx(), &mut None) else {
             panic!()
         };
+        let mut ticket = None;
         assert!(slots
-            .poll_acquire(&mut Context::from_waker(&waker))
+            .poll_acquire(&mut Context::from_waker(&waker), &mut ticket)
             .is_pending());
         let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, OpBufs::None, fd());
         slots.complete(i, g, 0);
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
         slots.take_or_register(i, g, None).unwrap();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
-        assert!(slots.poll_acquire(&mut noop_cx()).is_ready());
+        assert!(slots.poll_acquire(&mut noop_cx(), &mut ticket).is_ready());
+    }
+
+    #[test]
+    fn a_waiter_that_gives_up_does_not_strand_the_next_one() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        struct Count(AtomicUsize);
+        impl std::task::Wake for Count {
+            fn wake(self: Arc<Self>) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let (x_count, y_count) = (
+            Arc::new(Count(AtomicUsize::new(0))),
+            Arc::new(Count(AtomicUsize::new(0))),
+        );
+        let (x_waker, y_waker) = (Waker::from(x_count.clone()), Waker::from(y_count.clone()));
+        let slots = Slots::new(1, 4);
+        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx(), &mut None) else {
+            panic!()
+        };
+        let (mut x, mut y) = (None, None);
+        assert!(slots
+            .poll_acquire(&mut Context::from_waker(&x_waker), &mut x)
+            .is_pending());
+        assert!(slots
+            .poll_acquire(&mut Context::from_waker(&y_waker), &mut y)
+            .is_pending());
+        // X gives up (dropped, or lost a select!) before any slot is free.
+        slots.cancel_wait(x.unwrap());
+        let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, OpBufs::None, fd());
+        slots.complete(i, g, 0);
+        slots.take_or_register(i, g, None).unwrap();
+        assert_eq!(
+            x_count.0.load(Ordering::SeqCst),
+            0,
+            "the stale waiter is not woken"
+        );
+        assert_eq!(y_count.0.load(Ordering::SeqCst), 1, "the live waiter is");
+        // X had been popped and gives up: the wake-up goes on to the next.
+        let mut z = None;
+        let Poll::Ready(j) = slots.poll_acquire(&mut noop_cx(), &mut y) else {
+            panic!()
+        };
+        assert!(slots
+            .poll_acquire(&mut Context::from_waker(&x_waker), &mut z)
+            .is_pending());
+        let g = Slots::arm(&mut slots.lock(j), 0, OpDesc::Nop, OpBufs::None, fd());
+        slots.complete(j, g, 0);
+        let mut w = None;
+        assert!(slots
+            .poll_acquire(&mut Context::from_waker(&y_waker), &mut w)
+            .is_pending());
+        slots.take_or_register(j, g, None).unwrap(); // release pops z (x_waker)
+        assert_eq!(x_count.0.load(Ordering::SeqCst), 1);
+        slots.cancel_wait(z.unwrap()); // z will not use it: w must be woken
+        assert_eq!(y_count.0.load(Ordering::SeqCst), 2);
     }
 }
 
@@ -483,7 +574,8 @@ mod loom_model {
     }
 
     fn armed_slot(slots: &Slots, bufs: OpBufs) -> (u32, u32) {
-        let Poll::Ready(i) = slots.poll_acquire(&mut Context::from_waker(Waker::noop())) else {
+        let Poll::Ready(i) = slots.poll_acquire(&mut Context::from_waker(Waker::noop()), &mut None)
+        else {
             panic!("a fresh table has a free slot")
         };
         let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, bufs, fd());
@@ -560,7 +652,8 @@ mod loom_model {
                 s2.complete(i, g, 0);
                 s2.take_or_register(i, g, None).expect("completed");
             });
-            let got = slots.poll_acquire(&mut Context::from_waker(&waker));
+            let mut ticket = None;
+            let got = slots.poll_acquire(&mut Context::from_waker(&waker), &mut ticket);
             owner.join().unwrap();
             match got {
                 Poll::Ready(_) => assert_eq!(slots.in_flight(), 1),
@@ -570,7 +663,7 @@ mod loom_model {
                         1,
                         "release woke the waiter"
                     );
-                    let again = slots.poll_acquire(&mut Context::from_waker(&waker));
+                    let again = slots.poll_acquire(&mut Context::from_waker(&waker), &mut ticket);
                     assert!(again.is_ready());
                 }
             }

@@ -1,0 +1,137 @@
+//! Tasks waiting for a slot (backpressure) are never stranded: not by a waiter that gives up,
+//! not by closing the driver. An operation is held in flight by reading an empty FIFO.
+
+mod common;
+
+use common::{drivers_with, scratch_dir};
+use directfile::{Driver, File, OpenOptions};
+use std::future::Future;
+use std::io::Write;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
+use std::time::{Duration, Instant};
+
+struct Count(AtomicUsize);
+impl Wake for Count {
+    fn wake(self: Arc<Self>) {
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+fn counting_waker() -> (Arc<Count>, Waker) {
+    let count = Arc::new(Count(AtomicUsize::new(0)));
+    (count.clone(), Waker::from(count))
+}
+
+/// A FIFO opened through the driver (buffered: a FIFO has no direct I/O) and its writer end.
+fn fifo(driver: &Driver, name: &str) -> (File, std::fs::File) {
+    let path = scratch_dir(name).join("fifo");
+    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path.
+    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .direct(false)
+        .driver(driver)
+        .open(&path)
+        .unwrap();
+    let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    (file, writer)
+}
+
+/// Polls `fut` until the driver has nothing in flight (the held read completed).
+fn finish<F: Future + Unpin>(driver: &Driver, fut: &mut F, waker: &Waker) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while driver.in_flight() != 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the held operation did not complete"
+        );
+        let _ = std::pin::Pin::new(&mut *fut).poll(&mut Context::from_waker(waker));
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Offset -1: "at the file position", which a FIFO needs (preadv2 refuses a real offset on it).
+const AT_POSITION: u64 = u64::MAX;
+
+/// A one-byte buffer: a read of it blocks on an empty FIFO.
+fn one_byte(file: &File) -> directfile::AlignedBuf {
+    let mut buf = file.alloc_buf(1);
+    buf.set_len(1);
+    buf
+}
+
+fn one_slot() -> Vec<Driver> {
+    drivers_with(|b| b.queue_depth(1).threads(1).spin(Duration::ZERO))
+}
+
+#[test]
+fn a_waiter_that_gives_up_does_not_strand_the_next() {
+    for driver in one_slot() {
+        let (file, mut writer) = fifo(&driver, "waiters-give-up");
+        let (_, a_waker) = counting_waker();
+        let mut held = Box::pin(file.read_at(one_byte(&file), AT_POSITION));
+        if let Poll::Ready((r, b)) = held.as_mut().poll(&mut Context::from_waker(&a_waker)) {
+            panic!("{}: the held read completed: {r:?} {b:?}", driver.backend());
+        }
+        let (_, x_waker) = counting_waker();
+        let (y_count, y_waker) = counting_waker();
+        let mut x = Box::pin(file.read_at(one_byte(&file), AT_POSITION));
+        let mut y = Box::pin(file.read_at(one_byte(&file), AT_POSITION));
+        assert!(x
+            .as_mut()
+            .poll(&mut Context::from_waker(&x_waker))
+            .is_pending());
+        assert!(y
+            .as_mut()
+            .poll(&mut Context::from_waker(&y_waker))
+            .is_pending());
+        drop(x); // a timeout fired, or it lost a select!
+        writer.write_all(&[1]).unwrap();
+        finish(&driver, &mut held, &a_waker);
+        assert_eq!(
+            y_count.0.load(Ordering::SeqCst),
+            1,
+            "{}: Y woken",
+            driver.backend()
+        );
+    }
+}
+
+#[test]
+fn closing_the_driver_wakes_every_waiter() {
+    for driver in one_slot() {
+        let (file, mut writer) = fifo(&driver, "waiters-close");
+        let (_, a_waker) = counting_waker();
+        let mut held = Box::pin(file.read_at(one_byte(&file), AT_POSITION));
+        if let Poll::Ready((r, b)) = held.as_mut().poll(&mut Context::from_waker(&a_waker)) {
+            panic!("{}: the held read completed: {r:?} {b:?}", driver.backend());
+        }
+        let (x_count, x_waker) = counting_waker();
+        let (y_count, y_waker) = counting_waker();
+        let mut x = Box::pin(file.read_at(one_byte(&file), AT_POSITION));
+        let mut y = Box::pin(file.read_at(one_byte(&file), AT_POSITION));
+        assert!(x
+            .as_mut()
+            .poll(&mut Context::from_waker(&x_waker))
+            .is_pending());
+        assert!(y
+            .as_mut()
+            .poll(&mut Context::from_waker(&y_waker))
+            .is_pending());
+        driver.close();
+        assert_eq!(x_count.0.load(Ordering::SeqCst), 1);
+        assert_eq!(y_count.0.load(Ordering::SeqCst), 1);
+        for (fut, waker) in [(&mut x, &x_waker), (&mut y, &y_waker)] {
+            match fut.as_mut().poll(&mut Context::from_waker(waker)) {
+                Poll::Ready((r, _)) => assert!(matches!(r, Err(directfile::Error::Closed))),
+                Poll::Pending => panic!("{}: a waiter still waits after close", driver.backend()),
+            }
+        }
+        writer.write_all(&[1]).unwrap();
+        finish(&driver, &mut held, &a_waker);
+    }
+}
