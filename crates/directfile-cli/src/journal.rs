@@ -221,35 +221,7 @@ pub fn table(results: &[BenchResult]) -> String {
         .iter()
         .map(|name| best.is_some() || *name != "x best baseline")
         .collect();
-    let widths: Vec<usize> = (0..header.len())
-        .map(|column| {
-            rows.iter()
-                .map(|row| row[column].chars().count())
-                .max()
-                .unwrap_or(0)
-        })
-        .collect();
-    let mut out = String::new();
-    for row in &rows {
-        let mut line = String::new();
-        for (column, cell) in row.iter().enumerate() {
-            if !keep[column] {
-                continue;
-            }
-            let pad = widths[column] - cell.chars().count();
-            if column == 0 {
-                line.push_str(cell);
-                line.push_str(&" ".repeat(pad));
-            } else {
-                line.push_str("  ");
-                line.push_str(&" ".repeat(pad));
-                line.push_str(cell);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
+    crate::table::render(&rows, &keep)
 }
 
 /// Refuses what is not a journal directory before the tools read it.

@@ -17,6 +17,7 @@ mod plot;
 mod probe;
 mod progress;
 mod sys;
+mod table;
 mod tempfile;
 mod units;
 

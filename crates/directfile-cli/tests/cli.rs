@@ -2,35 +2,11 @@
 //! behind; a short bench prints JSON with exactly the documented fields; probe reports.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-const BIN: &str = env!("CARGO_BIN_EXE_directfile");
-
-/// A fresh directory under the workspace's target/ (a disk file system, never tmpfs).
-fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/directfile-cli-tests")
-        .join(format!("{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run directfile")
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
-}
+mod common;
+use common::{entries, run_in, scratch, BIN};
 
 /// Exit code non-zero, stderr exactly one line starting "directfile: error:" and containing
 /// `needle`, stdout empty, no panic.

@@ -11,31 +11,12 @@ use directfile_journal::recovery::scan_segment;
 use directfile_journal::storage::segment_file_name;
 use directfile_journal::{Journal, JournalOptions, StdStorage};
 
-const BIN: &str = env!("CARGO_BIN_EXE_directfile");
+mod common;
+use common::{entries, run_in, BIN};
 
-/// A fresh directory under the workspace's target/ (a disk file system, never tmpfs).
+/// A fresh directory for one of these tests.
 fn scratch(name: &str) -> PathBuf {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../target/directfile-cli-tests")
-        .join(format!("journal-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-fn run_in(dir: &Path, args: &[&str]) -> Output {
-    Command::new(BIN)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run directfile")
-}
-
-fn entries(dir: &Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .unwrap()
-        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
-        .collect()
+    common::scratch(&format!("journal-{name}"))
 }
 
 fn stdout(output: &Output) -> String {
