@@ -249,25 +249,30 @@ impl Uring {
                 if unsafe { sq.push(entry) }.is_ok() {
                     break;
                 }
-                // Queue full (another thread pushed and has not submitted yet): submit.
+                // Queue full (another thread pushed and has not submitted yet): submit. No
+                // reaping here: it would run wakers (user code) under the `sq` lock.
                 sq.sync();
-                self.enter_submit(shared);
+                self.enter_submit(None);
                 sq.sync();
             }
             sq.sync();
         }
-        self.enter_submit(shared);
+        self.enter_submit(Some(shared));
         Ok(())
     }
 
-    fn enter_submit(&self, shared: &Shared) {
+    /// `io_uring_enter` to submit what is queued. On EBUSY/EAGAIN (completions backed up), reaps
+    /// when `shared` is given (never while a lock is held: reaping runs wakers) and retries.
+    fn enter_submit(&self, shared: Option<&Shared>) {
         loop {
             match self.ring.submit() {
                 Ok(_) => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR)) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
-                    // The completion queue is busy: make room and retry.
-                    self.reap(shared, false);
+                    // The completion queue is busy: make room (or let others) and retry.
+                    if let Some(shared) = shared {
+                        self.reap(shared, false);
+                    }
                     std::thread::yield_now();
                 }
                 Err(e) => panic!("io_uring_enter(submit) failed: {e}"),
