@@ -190,6 +190,9 @@ pub struct Journal<S: Storage = DirectFileStorage> {
     shared: Arc<Shared<S>>,
     lane_threads: Vec<JoinHandle<()>>,
     maintenance_thread: Option<JoinHandle<()>>,
+    /// Serialises `truncate_before`: segments must leave the disk oldest first, or a crash
+    /// between two concurrent calls could leave a gap that recovery reads as corruption.
+    truncating: Mutex<()>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -482,6 +485,7 @@ impl<S: Storage> Journal<S> {
                 shared,
                 lane_threads,
                 maintenance_thread: Some(maintenance_thread),
+                truncating: Mutex::new(()),
             },
             report,
         ))
@@ -584,6 +588,7 @@ impl<S: Storage> Journal<S> {
     /// # Errors
     /// [`Error::Io`] from removing a file; segments before it are removed already.
     pub fn truncate_before(&self, lsn: Lsn) -> Result<usize> {
+        let _oldest_first = lock(&self.truncating);
         let mut doomed = Vec::new();
         {
             let mut state = lock(&self.shared.state);
@@ -1111,6 +1116,28 @@ impl<S: Storage> Shared<S> {
     }
 }
 
+/// Drives `fut` to completion on this thread, parking between polls. Unlike
+/// `futures::executor::block_on` this works inside another executor (a dropped append inside
+/// `block_on` or a `LocalPool`), which must not panic or leave the batch unrecorded. The
+/// storage's write must not need the dropping thread to make progress (directfile's does not:
+/// its driver completes operations from its own thread). Allocates one waker: the rare path.
+fn wait_here<F: Future>(mut fut: Pin<&mut F>) -> F::Output {
+    struct Unpark(std::thread::Thread);
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+    let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    loop {
+        if let Poll::Ready(output) = fut.as_mut().poll(&mut cx) {
+            return output;
+        }
+        std::thread::park();
+    }
+}
+
 pin_project_lite::pin_project! {
     /// An appender writing its batch itself. If the append future is dropped before the write
     /// completes, dropping this waits for the write to complete (blocking the thread, at most
@@ -1127,7 +1154,7 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if !*this.done {
-                let (result, buf) = futures::executor::block_on(this.write);
+                let (result, buf) = wait_here(this.write);
                 this.shared.complete(*this.seq, result, buf, &mut Vec::new(), false);
             }
         }
@@ -1246,6 +1273,13 @@ impl<S: Storage> Reader<'_, S> {
                 if lsn < self.next_lsn {
                     continue;
                 }
+                if lsn > self.next_lsn {
+                    return Err(Error::Corruption(recovery::Corruption {
+                        segment_number: self.segments[self.segment_index].number,
+                        offset: self.cursor,
+                        reason: format!("records {}..{lsn} are missing", self.next_lsn),
+                    }));
+                }
                 self.next_lsn = lsn + 1;
                 break (start, start + payload_bytes, lsn);
             }
@@ -1258,17 +1292,31 @@ impl<S: Storage> Reader<'_, S> {
         }))
     }
 
-    async fn fill_chunk(&mut self, segment: &S::Segment, offset: u64) -> Result<()> {
+    /// Reads the chunk at `offset`. `batch_bytes_max` is that of the segment being read (an
+    /// older open may have used bigger batches than ours): the chunk holds at least two.
+    async fn fill_chunk(
+        &mut self,
+        segment: &S::Segment,
+        offset: u64,
+        batch_bytes_max: usize,
+    ) -> Result<()> {
         let storage = &self.shared.storage;
-        let capacity = READ_CHUNK_BYTES.max(2 * self.shared.config.batch_bytes_max);
+        let capacity = READ_CHUNK_BYTES.max(2 * batch_bytes_max);
         let buf = match self.chunk.take() {
-            Some(buf) => buf,
-            None => storage.alloc_buf(capacity),
+            Some(buf) if buf.capacity() >= capacity => buf,
+            _ => storage.alloc_buf(capacity),
         };
         let (result, buf) = storage.read_at(segment, buf, offset).await;
         self.chunk = Some(buf);
         self.chunk_offset = offset;
-        result?;
+        if let Err(e) = result {
+            // The chunk holds nothing usable: start this segment again on the next call (the
+            // records already returned are skipped by LSN).
+            self.current = None;
+            self.record_pos = 0;
+            self.record_end = 0;
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -1286,7 +1334,8 @@ impl<S: Storage> Reader<'_, S> {
                     }));
                 };
                 let segment = self.shared.storage.open_segment(entry.number)?;
-                self.fill_chunk(&segment, 0).await?;
+                let ours = self.shared.config.batch_bytes_max;
+                self.fill_chunk(&segment, 0, ours).await?;
                 let chunk = self.chunk.as_ref().expect("chunk").as_slice();
                 let header = format::decode_segment_header(chunk).map_err(|e| {
                     Error::Corruption(recovery::Corruption {
@@ -1306,7 +1355,8 @@ impl<S: Storage> Reader<'_, S> {
             if self.cursor < self.chunk_offset
                 || (chunk_full && self.cursor + batch_max > self.chunk_offset + chunk_len)
             {
-                self.fill_chunk(&segment, self.cursor).await?;
+                self.fill_chunk(&segment, self.cursor, header.batch_bytes_max as usize)
+                    .await?;
             }
             let chunk = self.chunk.as_ref().expect("chunk").as_slice();
             let at = (self.cursor - self.chunk_offset) as usize;
@@ -1319,10 +1369,27 @@ impl<S: Storage> Reader<'_, S> {
                     self.cursor += batch.padded_bytes as u64;
                     return Ok(());
                 }
-                Err(_) => {
-                    // End of this segment's records.
-                    self.current = None;
-                    self.segment_index += 1;
+                Err(e) => {
+                    // The end of this segment's records, if the next segment (or the end of
+                    // what we must return) starts exactly where they stop; anything else means
+                    // durable records are missing.
+                    let next_first = self
+                        .segments
+                        .get(self.segment_index + 1)
+                        .map(|n| n.first_lsn);
+                    if self.expect_lsn > self.until || next_first == Some(self.expect_lsn) {
+                        self.current = None;
+                        self.segment_index += 1;
+                    } else {
+                        return Err(Error::Corruption(recovery::Corruption {
+                            segment_number: self.segments[self.segment_index].number,
+                            offset: self.cursor,
+                            reason: format!(
+                                "record {} is acknowledged but its batch does not decode: {e}",
+                                self.expect_lsn
+                            ),
+                        }));
+                    }
                 }
             }
         }
