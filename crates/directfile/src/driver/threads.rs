@@ -142,12 +142,14 @@ fn worker(shared: &Arc<Shared>) {
     };
     while let Some((index, generation)) = threads.next_job(shared) {
         let (fd, desc, iov_ptr, iov_len) = {
-            let mut slot = shared.slots.lock(index);
+            let slot = shared.slots.lock(index);
             if slot.generation != generation {
                 continue;
             }
-            match &mut slot.state {
-                State::InFlight { started, .. } => *started = true,
+            // A job taken off the queue can no longer be withdrawn (cancel looks in the queue),
+            // so from here the slot waits for our `complete`.
+            match &slot.state {
+                State::InFlight { .. } => {}
                 State::Orphaned => {
                     drop(slot);
                     shared.slots.complete(index, generation, -libc::ECANCELED);
@@ -162,8 +164,9 @@ fn worker(shared: &Arc<Shared>) {
                 slot.iovecs.0.len(),
             )
         };
-        // SAFETY: the slot is InFlight or Orphaned with `started` set, so it keeps the
-        // buffers, iovecs and descriptor referred to by `desc` until `complete` below.
+        // SAFETY: the job is off the queue, so the slot (InFlight, or Orphaned if the future is
+        // dropped meanwhile) is freed only by our `complete` below: until then it keeps the
+        // buffers, iovecs and descriptor referred to by `desc`.
         let res = unsafe { run(fd, desc, iov_ptr, iov_len) };
         shared.complete(index, generation, res);
     }

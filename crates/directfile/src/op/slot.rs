@@ -88,11 +88,8 @@ impl OpBufs {
 pub(crate) enum State {
     Free,
     /// Submitted; `waker` is set once the future has polled and found it not complete.
-    /// `started` is set by a thread-pool worker that took the job (it can no longer be
-    /// withdrawn).
     InFlight {
         waker: Option<Waker>,
-        started: bool,
     },
     /// The result (a byte count or a negative errno), waiting for the future to take it.
     Completed(i32),
@@ -288,10 +285,7 @@ impl Slots {
         file: Arc<OwnedFd>,
     ) -> u32 {
         debug_assert!(matches!(slot.state, State::Free));
-        slot.state = State::InFlight {
-            waker: None,
-            started: false,
-        };
+        slot.state = State::InFlight { waker: None };
         slot.fd = fd;
         slot.desc = desc;
         slot.bufs = bufs;
