@@ -2,7 +2,6 @@
 //! behind; a short bench prints JSON with exactly the documented fields; probe reports.
 
 use std::fs;
-use std::path::Path;
 use std::process::{Command, Output};
 
 mod common;
@@ -61,15 +60,7 @@ fn bad_input_is_one_line_and_leaves_no_file() {
 
 #[test]
 fn tmpfs_is_refused() {
-    let Some(tmpfs) = ["/dev/shm", "/run"].into_iter().map(Path::new).find(|dir| {
-        // Only where it really is tmpfs and writable, so the test means what it says.
-        fs::read_to_string("/proc/mounts").is_ok_and(|mounts| {
-            mounts.lines().any(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                fields.len() > 2 && Path::new(fields[1]) == *dir && fields[2] == "tmpfs"
-            })
-        })
-    }) else {
+    let Some(tmpfs) = common::tmpfs_mount() else {
         eprintln!("skipped: no tmpfs mount at /dev/shm or /run on this machine");
         return;
     };

@@ -3,7 +3,7 @@
 //! exit status tells healthy (0), torn tail (1) and corruption (2) apart; bad input is one line.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -379,14 +379,7 @@ fn bad_input_is_one_line() {
 
 #[test]
 fn bench_refuses_tmpfs() {
-    let Some(tmpfs) = ["/dev/shm", "/run"].into_iter().map(Path::new).find(|dir| {
-        fs::read_to_string("/proc/mounts").is_ok_and(|mounts| {
-            mounts.lines().any(|line| {
-                let fields: Vec<&str> = line.split_whitespace().collect();
-                fields.len() > 2 && Path::new(fields[1]) == *dir && fields[2] == "tmpfs"
-            })
-        })
-    }) else {
+    let Some(tmpfs) = common::tmpfs_mount() else {
         eprintln!("skipped: no tmpfs mount at /dev/shm or /run on this machine");
         return;
     };

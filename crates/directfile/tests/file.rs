@@ -2,25 +2,14 @@
 
 mod common;
 
-use common::{drivers, scratch_dir};
-use directfile::{Backend, Driver, Error, File, OpenOptions};
+use common::{drivers, scratch_dir, scratch_file};
+use directfile::{Backend, Error, OpenOptions};
 use futures::executor::block_on;
-
-fn open_rw(driver: &Driver, path: &std::path::Path) -> File {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .driver(driver)
-        .open(path)
-        .unwrap()
-}
 
 #[test]
 fn write_then_read_back() {
     for driver in drivers() {
-        let dir = scratch_dir("rw");
-        let file = open_rw(&driver, &dir.join("f"));
+        let file = scratch_file(&driver, "rw");
         let a = file.alignment().offset;
         let mut buf = file.alloc_buf(4 * a);
         for i in 0..4 * a {
@@ -43,8 +32,7 @@ fn write_then_read_back() {
 #[test]
 fn read_at_end_of_file_is_short_not_an_error() {
     for driver in drivers() {
-        let dir = scratch_dir("eof");
-        let file = open_rw(&driver, &dir.join("f"));
+        let file = scratch_file(&driver, "eof");
         let a = file.alignment().offset;
         let mut buf = file.alloc_buf(a);
         buf.set_len(a);
@@ -66,8 +54,7 @@ fn read_at_end_of_file_is_short_not_an_error() {
 #[test]
 fn vectored_write_is_one_operation_over_several_buffers() {
     for driver in drivers() {
-        let dir = scratch_dir("writev");
-        let file = open_rw(&driver, &dir.join("f"));
+        let file = scratch_file(&driver, "writev");
         let a = file.alignment().offset;
         let bufs: Vec<_> = (0..3u8)
             .map(|i| {
@@ -93,8 +80,7 @@ fn vectored_write_is_one_operation_over_several_buffers() {
 #[test]
 fn sync_allocate_and_set_len() {
     for driver in drivers() {
-        let dir = scratch_dir("meta");
-        let file = open_rw(&driver, &dir.join("f"));
+        let file = scratch_file(&driver, "meta");
         block_on(async {
             file.allocate(0, 1 << 20).await.unwrap();
             assert_eq!(file.len().unwrap(), 1 << 20);
@@ -109,8 +95,7 @@ fn sync_allocate_and_set_len() {
 #[test]
 fn misaligned_requests_are_refused_before_submission() {
     for driver in drivers() {
-        let dir = scratch_dir("misaligned");
-        let file = open_rw(&driver, &dir.join("f"));
+        let file = scratch_file(&driver, "misaligned");
         let a = file.alignment().offset;
         block_on(async {
             let mut buf = file.alloc_buf(a);
@@ -134,25 +119,36 @@ fn misaligned_requests_are_refused_before_submission() {
             assert!(e
                 .to_string()
                 .contains("not a multiple of the file's direct-I/O alignment"));
-            // An unaligned buffer address: a plain buffer offset by one byte of a bigger one is
-            // not possible with AlignedBuf, so use a buffer whose alignment is too small.
-            if file.alignment().memory > 1 {
-                let mut small = directfile::AlignedBuf::new(2 * a, 1);
-                small.set_len(a);
-                let (r, _) = file.write_at(small, 0).await;
-                // The allocator may still hand out an aligned address; only check the error
-                // kind when it is refused.
-                if let Err(e) = r {
+            // An unaligned buffer address: AlignedBuf always honours its own alignment, so ask
+            // for 1-byte alignment and keep allocating until the allocator hands out an
+            // address that is not a multiple of the file's memory alignment.
+            let required = file.alignment().memory;
+            if required > 1 {
+                let mut kept = Vec::new();
+                let mut small = loop {
+                    let mut b = directfile::AlignedBuf::new(a + 1, 1);
+                    b.set_len(a);
+                    if b.as_ptr() as usize % required != 0 {
+                        break b;
+                    }
+                    kept.push(b);
                     assert!(
-                        matches!(
-                            e,
-                            Error::Misaligned {
-                                what: "buffer address",
-                                ..
-                            }
-                        ),
-                        "{e}"
+                        kept.len() < 1000,
+                        "the allocator only returns aligned addresses"
                     );
+                };
+                small.set_len(a);
+                let address = small.as_ptr() as u64;
+                let (r, _) = file.write_at(small, 0).await;
+                match r {
+                    Err(Error::Misaligned {
+                        what: "buffer address",
+                        value,
+                        required: req,
+                    }) => {
+                        assert_eq!((value, req), (address, required as u64))
+                    }
+                    other => panic!("expected a misaligned buffer address, got {other:?}"),
                 }
             }
         });
@@ -164,9 +160,7 @@ fn misaligned_requests_are_refused_before_submission() {
 #[test]
 fn write_to_read_only_file_fails_with_the_os_error_and_returns_the_buffer() {
     for driver in drivers() {
-        let dir = scratch_dir("ro");
-        let path = dir.join("f");
-        drop(open_rw(&driver, &path));
+        let path = scratch_file(&driver, "ro").path().to_path_buf();
         let file = OpenOptions::new()
             .read(true)
             .driver(&driver)
@@ -251,8 +245,7 @@ fn tmpfs_is_refused_with_the_path_and_the_remedy() {
 #[test]
 fn closed_driver_refuses_new_operations() {
     for driver in drivers() {
-        let dir = scratch_dir("closed");
-        let file = open_rw(&driver, &dir.join("f"));
+        let file = scratch_file(&driver, "closed");
         driver.close();
         let mut buf = file.alloc_buf(4096);
         buf.set_len(4096);
@@ -266,8 +259,7 @@ fn closed_driver_refuses_new_operations() {
 #[test]
 fn buffer_pool_is_registered_on_uring_and_used_on_both() {
     for driver in drivers() {
-        let dir = scratch_dir("pool");
-        let file = open_rw(&driver, &dir.join("f"));
+        let file = scratch_file(&driver, "pool");
         let pool = driver.buf_pool(4, 8192, 4096);
         assert_eq!(pool.is_registered(), driver.backend() == Backend::Uring);
         block_on(async {

@@ -22,8 +22,8 @@ struct Counts {
 fn counting_waker(counts: &Arc<Counts>) -> Waker {
     const VTABLE: RawWakerVTable = RawWakerVTable::new(
         |p| {
-            // SAFETY: `p` came from Arc::into_raw of an Arc<Counts> below, kept alive by the
-            // test's own Arc.
+            // SAFETY: `p` is Arc::as_ptr of the test's Arc<Counts>, which outlives every waker
+            // made from it.
             let c = unsafe { &*(p as *const Counts) };
             c.clones.fetch_add(1, Ordering::SeqCst);
             RawWaker::new(p, &VTABLE)

@@ -68,30 +68,57 @@ fn one_slot() -> Vec<Driver> {
     drivers_with(|b| b.queue_depth(1).threads(1).spin(Duration::ZERO))
 }
 
+/// A read held in flight on an empty FIFO (the driver's one slot), and two more reads queued
+/// for the slot behind it, each polled once with its own counting waker.
+struct Queued {
+    writer: std::fs::File,
+    held: ReadFuture,
+    held_waker: Waker,
+    waiting: [(ReadFuture, Arc<Count>, Waker); 2],
+}
+
+type ReadFuture = std::pin::Pin<
+    Box<dyn Future<Output = directfile::BufResult<usize, directfile::AlignedBuf>> + Send>,
+>;
+
+fn hold_one_and_queue_two(driver: &Driver, name: &str) -> Queued {
+    let (file, writer) = fifo(driver, name);
+    let read = || -> ReadFuture { Box::pin(file.read_at(one_byte(&file), AT_POSITION)) };
+    let (_, held_waker) = counting_waker();
+    let mut held = read();
+    if let Poll::Ready((r, b)) = held.as_mut().poll(&mut Context::from_waker(&held_waker)) {
+        panic!("{}: the held read completed: {r:?} {b:?}", driver.backend());
+    }
+    let waiting = [(); 2].map(|()| {
+        let (count, waker) = counting_waker();
+        let mut fut = read();
+        assert!(fut
+            .as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending());
+        (fut, count, waker)
+    });
+    Queued {
+        writer,
+        held,
+        held_waker,
+        waiting,
+    }
+}
+
 #[test]
 fn a_waiter_that_gives_up_does_not_strand_the_next() {
     for driver in one_slot() {
-        let (file, mut writer) = fifo(&driver, "waiters-give-up");
-        let (_, a_waker) = counting_waker();
-        let mut held = Box::pin(file.read_at(one_byte(&file), AT_POSITION));
-        if let Poll::Ready((r, b)) = held.as_mut().poll(&mut Context::from_waker(&a_waker)) {
-            panic!("{}: the held read completed: {r:?} {b:?}", driver.backend());
-        }
-        let (_, x_waker) = counting_waker();
-        let (y_count, y_waker) = counting_waker();
-        let mut x = Box::pin(file.read_at(one_byte(&file), AT_POSITION));
-        let mut y = Box::pin(file.read_at(one_byte(&file), AT_POSITION));
-        assert!(x
-            .as_mut()
-            .poll(&mut Context::from_waker(&x_waker))
-            .is_pending());
-        assert!(y
-            .as_mut()
-            .poll(&mut Context::from_waker(&y_waker))
-            .is_pending());
+        let Queued {
+            mut writer,
+            mut held,
+            held_waker,
+            waiting,
+        } = hold_one_and_queue_two(&driver, "waiters-give-up");
+        let [x, (_y, y_count, _y_waker)] = waiting;
         drop(x); // a timeout fired, or it lost a select!
         writer.write_all(&[1]).unwrap();
-        finish(&driver, &mut held, &a_waker);
+        finish(&driver, &mut held, &held_waker);
         assert_eq!(
             y_count.0.load(Ordering::SeqCst),
             1,
@@ -104,34 +131,21 @@ fn a_waiter_that_gives_up_does_not_strand_the_next() {
 #[test]
 fn closing_the_driver_wakes_every_waiter() {
     for driver in one_slot() {
-        let (file, mut writer) = fifo(&driver, "waiters-close");
-        let (_, a_waker) = counting_waker();
-        let mut held = Box::pin(file.read_at(one_byte(&file), AT_POSITION));
-        if let Poll::Ready((r, b)) = held.as_mut().poll(&mut Context::from_waker(&a_waker)) {
-            panic!("{}: the held read completed: {r:?} {b:?}", driver.backend());
-        }
-        let (x_count, x_waker) = counting_waker();
-        let (y_count, y_waker) = counting_waker();
-        let mut x = Box::pin(file.read_at(one_byte(&file), AT_POSITION));
-        let mut y = Box::pin(file.read_at(one_byte(&file), AT_POSITION));
-        assert!(x
-            .as_mut()
-            .poll(&mut Context::from_waker(&x_waker))
-            .is_pending());
-        assert!(y
-            .as_mut()
-            .poll(&mut Context::from_waker(&y_waker))
-            .is_pending());
+        let Queued {
+            mut writer,
+            mut held,
+            held_waker,
+            waiting,
+        } = hold_one_and_queue_two(&driver, "waiters-close");
         driver.close();
-        assert_eq!(x_count.0.load(Ordering::SeqCst), 1);
-        assert_eq!(y_count.0.load(Ordering::SeqCst), 1);
-        for (fut, waker) in [(&mut x, &x_waker), (&mut y, &y_waker)] {
-            match fut.as_mut().poll(&mut Context::from_waker(waker)) {
+        for (mut fut, count, waker) in waiting {
+            assert_eq!(count.0.load(Ordering::SeqCst), 1);
+            match fut.as_mut().poll(&mut Context::from_waker(&waker)) {
                 Poll::Ready((r, _)) => assert!(matches!(r, Err(directfile::Error::Closed))),
                 Poll::Pending => panic!("{}: a waiter still waits after close", driver.backend()),
             }
         }
         writer.write_all(&[1]).unwrap();
-        finish(&driver, &mut held, &a_waker);
+        finish(&driver, &mut held, &held_waker);
     }
 }

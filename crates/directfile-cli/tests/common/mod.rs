@@ -33,3 +33,15 @@ pub fn entries(dir: &Path) -> Vec<String> {
         .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
         .collect()
 }
+
+/// A writable tmpfs mount (/dev/shm or /run) where there really is one, so a tmpfs test means
+/// what it says.
+pub fn tmpfs_mount() -> Option<&'static Path> {
+    let mounts = fs::read_to_string("/proc/mounts").ok()?;
+    ["/dev/shm", "/run"].into_iter().map(Path::new).find(|dir| {
+        mounts.lines().any(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.len() > 2 && Path::new(fields[1]) == *dir && fields[2] == "tmpfs"
+        })
+    })
+}

@@ -140,15 +140,19 @@ impl Future for Op {
         let shared = this.driver.shared();
         // Reap whatever the kernel has finished, on this thread: cheaper than any wake-up.
         shared.engine.reap(shared);
-        let mut done = shared.slots.take_or_register(index, generation, None);
+        let mut done = None;
         // At queue depth 1 nothing else can make progress: wait for the completion on this
-        // thread for a short while rather than pay two thread wake-ups.
-        if done.is_none() && !shared.spin.is_zero() && shared.slots.in_flight() == 1 {
+        // thread for a short while rather than pay two thread wake-ups. (Otherwise one look at
+        // the slot, below, takes the result or registers the waker under a single lock.)
+        if !shared.spin.is_zero() && shared.slots.in_flight() == 1 {
             let start = Instant::now();
-            while done.is_none() && start.elapsed() < shared.spin {
+            loop {
+                done = shared.slots.take_or_register(index, generation, None);
+                if done.is_some() || start.elapsed() >= shared.spin {
+                    break;
+                }
                 std::hint::spin_loop();
                 shared.engine.reap(shared);
-                done = shared.slots.take_or_register(index, generation, None);
             }
         }
         let done = match done {
