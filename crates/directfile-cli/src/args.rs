@@ -133,6 +133,15 @@ pub enum BackendArg {
     Tokio,
 }
 
+/// What drives directfile's futures in `bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExecutorArg {
+    /// `Driver::block_on`.
+    Own,
+    /// `futures::executor::block_on`.
+    Futures,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
     /// File or directory to run on. A directory gets a temporary file that is removed afterwards;
@@ -167,6 +176,12 @@ pub struct BenchArgs {
     /// Implementation to measure (ignored with --compare, which runs them all).
     #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     pub backend: BackendArg,
+
+    /// What drives directfile's futures: `own` is `Driver::block_on`, which waits in the ring
+    /// on io_uring; `futures` is `futures::executor::block_on`, a generic executor that parks
+    /// in a futex while the driver's reaper thread waits for completions.
+    #[arg(long, value_enum, default_value_t = ExecutorArg::Own)]
+    pub executor: ExecutorArg,
 
     /// Run directfile (both drivers), std, tokio and fio (when installed) on the same file,
     /// alternating them, and print one table of medians with ratios to fio.

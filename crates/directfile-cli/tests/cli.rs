@@ -32,6 +32,7 @@ fn bad_input_is_one_line_and_leaves_no_file() {
         (&["bench", "--size", "12x"], "12x"),
         (&["bench", "--qd", "0"], "--qd"),
         (&["bench", "--rw", "trim"], "trim"),
+        (&["bench", "--executor", "rayon"], "rayon"),
         (&["bench", "--runtime", "5 parsecs"], "5 parsecs"),
         (&["bench", "missing-dir/file"], "does not exist"),
         (
@@ -184,6 +185,40 @@ fn short_bench_prints_json_for_every_directfile_backend_and_cleans_up() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// `--executor futures` drives the same futures on a generic executor, named in the result.
+#[test]
+fn bench_on_the_generic_executor_is_named_so() {
+    let dir = scratch("bench-executor");
+    let output = run_in(
+        &dir,
+        &[
+            "bench",
+            "--runtime",
+            "300ms",
+            "--size",
+            "8m",
+            "--qd",
+            "4",
+            "--backend",
+            "threads",
+            "--executor",
+            "futures",
+            "--json",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results = parse_results(&output.stdout);
+    assert_eq!(results.len(), 1);
+    check_result(&results[0], "randwrite", 4);
+    assert_eq!(results[0]["backend"], "threads+futures");
+    assert!(entries(&dir).is_empty(), "left {:?}", entries(&dir));
+    let _ = fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn bench_on_a_given_file_with_plot_reads_and_keeps_the_file() {
     let dir = scratch("bench-file");
@@ -281,14 +316,17 @@ fn compare_runs_every_backend() {
         .iter()
         .map(|r| r["backend"].as_str().unwrap())
         .collect();
-    assert_eq!(&backends[..4], ["uring", "threads", "std", "tokio"]);
+    assert_eq!(
+        &backends[..5],
+        ["uring", "uring+futures", "threads", "std", "tokio"]
+    );
     let fio_installed = Command::new("fio")
         .arg("--version")
         .output()
         .is_ok_and(|o| o.status.success());
     assert_eq!(
         backends.len(),
-        if fio_installed { 5 } else { 4 },
+        if fio_installed { 6 } else { 5 },
         "{backends:?}"
     );
     for result in &results {

@@ -98,3 +98,11 @@ fn futures_block_on() {
         futures::executor::block_on(workload(file, 16, 32, |f| f));
     }
 }
+
+#[test]
+fn driver_block_on() {
+    for driver in drivers() {
+        let file = scratch_file(&driver, "driver-block-on");
+        driver.block_on(workload(file, 16, 32, |f| f));
+    }
+}

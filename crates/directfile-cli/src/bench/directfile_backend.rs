@@ -1,7 +1,9 @@
 //! directfile's drivers as bench backends: `uring` and `threads` map to the library's
 //! `BackendChoice`, `auto` lets it pick. `qd` worker futures, each owning one buffer from a
 //! registered pool (fixed-buffer opcodes on io_uring) that every op hands back, are driven
-//! concurrently by `join_all` on `futures::executor::block_on` (one thread, no runtime).
+//! concurrently by `join_all` on one thread: on `Driver::block_on` (which waits in the ring on
+//! io_uring), or with `--executor futures` on `futures::executor::block_on` (backend names get a
+//! `+futures` suffix then).
 
 use std::cell::OnceCell;
 use std::path::Path;
@@ -88,7 +90,11 @@ async fn worker(
 /// Runs `workload` on `path` through directfile with `backend`.
 pub fn run(backend: Backend, path: &Path, workload: &Workload) -> CliResult<Measurement> {
     let driver = driver_for(backend, workload.qd)?;
-    let name = driver.backend().to_string();
+    let name = if workload.own_executor {
+        driver.backend().to_string()
+    } else {
+        format!("{}+futures", driver.backend())
+    };
     let file = OpenOptions::new()
         .read(true)
         .write(true)
@@ -136,7 +142,11 @@ pub fn run(backend: Backend, path: &Path, workload: &Workload) -> CliResult<Meas
     block_on(async {});
     let phase = Phase::begin();
     let _ = phase_cell.set((phase.start, phase.start + workload.runtime));
-    let outcomes = block_on(all);
+    let outcomes = if workload.own_executor {
+        driver.block_on(all)
+    } else {
+        block_on(all)
+    };
     let totals = phase.end();
 
     let mut merged = Recorder::new(workload.runtime);

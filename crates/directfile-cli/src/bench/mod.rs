@@ -31,6 +31,9 @@ pub enum Backend {
     Auto,
     /// directfile's io_uring driver.
     Uring,
+    /// directfile's io_uring driver with its futures on `futures::executor::block_on` (in
+    /// --compare: the path of any executor but `Driver::block_on`).
+    UringFutures,
     /// directfile's thread-pool driver.
     Threads,
     Std,
@@ -53,6 +56,7 @@ impl Backend {
         match self {
             Backend::Auto => "auto",
             Backend::Uring => "uring",
+            Backend::UringFutures => "uring+futures",
             Backend::Threads => "threads",
             Backend::Std => "std",
             Backend::Tokio => "tokio",
@@ -64,6 +68,13 @@ impl Backend {
         match self {
             Backend::Auto | Backend::Uring | Backend::Threads => {
                 directfile_backend::run(self, path, workload)
+            }
+            Backend::UringFutures => {
+                let workload = Workload {
+                    own_executor: false,
+                    ..*workload
+                };
+                directfile_backend::run(Backend::Uring, path, &workload)
             }
             Backend::Std => backends::run_std(path, workload),
             Backend::Tokio => backends::run_tokio(path, workload),
@@ -121,6 +132,7 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
         runtime: args.runtime,
         dsync: args.dsync,
         memory_align: memory_align.max(512) as usize,
+        own_executor: args.executor == crate::args::ExecutorArg::Own,
     };
     check_direct_open(path, &workload)?;
 
@@ -141,6 +153,7 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
     let (backends, rounds) = if args.compare {
         let mut backends = vec![
             Backend::Uring,
+            Backend::UringFutures,
             Backend::Threads,
             Backend::Std,
             Backend::Tokio,

@@ -6,6 +6,7 @@
 //! `prepare` fills an OVERLAPPED from the slot, `submit` calls `WriteFile`, `reap` drains
 //! `GetQueuedCompletionStatusEx`, `cancel` calls `CancelIoEx`.
 
+mod gate;
 mod threads;
 mod uring;
 
@@ -334,6 +335,15 @@ impl Engine {
         }
     }
 
+    /// Whether spinning for a completion on the polling thread can succeed: not while another
+    /// thread is the ring's only reaper (nor on the thread pool, whose workers complete ops).
+    pub(crate) fn may_spin(&self) -> bool {
+        match self {
+            Engine::Uring(u) => u.reaps_inline(),
+            Engine::Threads(_) => true,
+        }
+    }
+
     /// Records the completions that are ready, on the calling thread, without blocking.
     pub(crate) fn reap(&self, shared: &Shared) {
         match self {
@@ -494,5 +504,65 @@ impl Driver {
 
     pub(crate) fn shared(&self) -> &Shared {
         &self.handle.shared
+    }
+}
+
+impl Driver {
+    /// Runs `fut` to completion on the calling thread: a small executor for a thread that does
+    /// its own I/O (one thread per core, a benchmark, a tool).
+    ///
+    /// On io_uring the thread becomes the ring's reaper while `fut` is pending: it waits in
+    /// `io_uring_enter`, not in a futex, submits every entry its futures queued with that one
+    /// call and reaps the completions itself, so no other thread is woken for its I/O. This
+    /// halves the CPU time per operation at high queue depth (README, "Measured"). Completions
+    /// of other threads' operations on the same driver are reaped by this thread while it
+    /// waits, so do not run long computations inside `fut` while other threads use the driver.
+    ///
+    /// If another thread already reaps (the driver's reaper thread is busy, or another
+    /// `block_on` runs), or on the thread-pool backend, it parks the thread between polls like
+    /// any executor. Futures from this crate also run on any other executor.
+    pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
+        let fut = match &self.shared().engine {
+            Engine::Uring(u) => match u.block_on(&self.handle.shared, fut) {
+                Ok(out) => return out,
+                Err(fut) => fut,
+            },
+            Engine::Threads(_) => fut,
+        };
+        park_block_on(fut)
+    }
+}
+
+/// A minimal executor: poll, park until woken, repeat.
+fn park_block_on<F: std::future::Future>(fut: F) -> F::Output {
+    struct Unpark {
+        notified: AtomicBool,
+        thread: std::thread::Thread,
+    }
+    impl std::task::Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.wake_by_ref();
+        }
+        fn wake_by_ref(self: &Arc<Self>) {
+            if !self.notified.swap(true, Ordering::SeqCst) {
+                self.thread.unpark();
+            }
+        }
+    }
+    let unpark = Arc::new(Unpark {
+        notified: AtomicBool::new(true),
+        thread: std::thread::current(),
+    });
+    let waker = std::task::Waker::from(unpark.clone());
+    let mut cx = std::task::Context::from_waker(&waker);
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        if unpark.notified.swap(false, Ordering::SeqCst) {
+            if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+                return out;
+            }
+        } else {
+            std::thread::park();
+        }
     }
 }

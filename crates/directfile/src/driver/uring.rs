@@ -1,14 +1,27 @@
 //! The io_uring backend: the only module that touches the `io_uring` crate.
 //!
-//! Submission is allowed from any thread (the submission queue is behind a mutex); completions
-//! are reaped by whoever gets there first: a future being polled (inline, the cheap path), or
-//! the reaper thread, which sleeps in `io_uring_enter(GETEVENTS)` and wakes the futures whose
-//! operations finished while nobody polled.
+//! Entries are pushed from any thread (the submission queue is behind a mutex). Who enters the
+//! kernel depends on who is waiting:
+//!
+//! - **Quiet** (at most one operation in flight and no future asleep on one): the reaper thread
+//!   sleeps on a condition variable and costs nothing. A future submits its own entry and reaps
+//!   completions inline when it is polled, which at queue depth 1 is the fastest path there is.
+//! - **Busy** (futures asleep on their operations): the reaper is *active*. It holds the
+//!   completion lock, so it alone reaps, and it waits in `io_uring_enter(GETEVENTS)`.
+//! - **`Driver::block_on`**: the calling thread takes the reaper's role for as long as it runs
+//!   (`Uring::block_on`): it polls its futures, then waits in the ring itself. No thread is woken
+//!   for its I/O but itself, the way fio runs a ring.
+//!
+//! While a reaper (thread or `block_on`) is out of the kernel, reaping and running futures, a
+//! pushed entry is left in the queue for its next `io_uring_enter`, up to [`SUBMIT_BATCH`]
+//! entries: one system call for a batch (`gate.rs` says why no entry is stranded, with its loom
+//! model).
 #![allow(unsafe_code)]
 
+use super::gate::SubmitGate;
 use super::{Engine, Shared, Submission};
 use crate::op::slot::{OpDesc, SlotInner};
-use crate::sync::{AtomicBool, Condvar, Mutex, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
 use crate::Result;
 use io_uring::{opcode, types, IoUring};
 use std::io;
@@ -18,10 +31,12 @@ use std::sync::Arc;
 const TAG_WAKE: u64 = u64::MAX;
 /// `user_data` of `IORING_OP_ASYNC_CANCEL` requests (their own completions carry nothing).
 const TAG_CANCEL: u64 = u64::MAX - 1;
-/// `IORING_ENTER_GETEVENTS`.
-const ENTER_GETEVENTS: u32 = 1;
 /// Entries in the registered-buffer table, shared by all pools of one driver.
 const FIXED_TABLE_ENTRIES: u32 = 1024;
+/// The most entries left queued for the reaper's next `io_uring_enter`; the pusher that fills
+/// the batch submits it. Unbounded batches made completions arrive in waves that kept the
+/// device's queue half empty between them (README, "What was tried").
+const SUBMIT_BATCH: usize = 8;
 
 fn user_data(index: u32, generation: u32) -> u64 {
     (u64::from(generation) << 32) | u64::from(index)
@@ -56,6 +71,10 @@ pub(crate) struct Uring {
     reaper_lock: Mutex<()>,
     reaper_wake: Condvar,
     reaper_idle: AtomicBool,
+    /// Whether a pushed entry may be left for the active reaper to submit.
+    gate: SubmitGate,
+    /// Entries left for the reaper since the last submission (see `SUBMIT_BATCH`).
+    queued: AtomicUsize,
 }
 
 /// What to tell the user when `io_uring_setup` fails.
@@ -116,6 +135,8 @@ impl Uring {
             reaper_lock: Mutex::new(()),
             reaper_wake: Condvar::new(),
             reaper_idle: AtomicBool::new(false),
+            gate: SubmitGate::new(),
+            queued: AtomicUsize::new(0),
         })
     }
 
@@ -134,11 +155,16 @@ impl Uring {
                 let Engine::Uring(u) = &shared.engine else {
                     unreachable!()
                 };
+                // Held while active: no one else consumes completions then.
+                let mut cq: Option<MutexGuard<'_, ()>> = None;
                 loop {
                     if shared.is_shut_down() && shared.slots.in_flight() == 0 {
                         break;
                     }
                     if u.may_idle(&shared) {
+                        if let Some(guard) = cq.take() {
+                            u.deactivate(&shared, guard);
+                        }
                         // Nobody waits on us: sleep outside the kernel until a future
                         // registers a waker or is dropped in flight (`kick`), or shutdown.
                         let mut guard = u.reaper_lock.lock().unwrap();
@@ -149,21 +175,25 @@ impl Uring {
                         u.reaper_idle.store(false, Ordering::SeqCst);
                         continue;
                     }
-                    // Wait for one completion without submitting: submitters enter the ring
-                    // themselves, and sharing the submission lock with them only costs.
-                    // SAFETY: to_submit 0, min_complete 1, IORING_ENTER_GETEVENTS, no argument:
-                    // the call reads and writes no memory of ours.
-                    let waited = unsafe {
-                        u.ring
-                            .submitter()
-                            .enter::<libc::sigset_t>(0, 1, ENTER_GETEVENTS, None)
-                    };
+                    if cq.is_none() {
+                        cq = Some(u.lock_cq());
+                        u.gate.activate();
+                    }
+                    // Submit what futures left queued and wait for one completion. While we
+                    // are in the kernel, futures submit their own entries.
+                    u.gate.entering();
+                    u.queued.store(0, Ordering::Relaxed);
+                    let waited = u.ring.submitter().submit_and_wait(1);
+                    u.gate.left_kernel();
                     match waited {
                         Ok(_) => {}
                         Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
                         Err(e) => panic!("io_uring_enter(GETEVENTS) failed: {e}"),
                     }
-                    u.reap(&shared, true);
+                    u.drain(&shared);
+                }
+                if let Some(guard) = cq.take() {
+                    u.deactivate(&shared, guard);
                 }
                 // `shared` (and with it the ring) is dropped here, after the last completion.
             })?;
@@ -249,16 +279,33 @@ impl Uring {
                 if unsafe { sq.push(entry) }.is_ok() {
                     break;
                 }
-                // Queue full (another thread pushed and has not submitted yet): submit. No
-                // reaping here: it would run wakers (user code) under the `sq` lock.
+                // Queue full (others pushed and left their entries to the reaper, or have not
+                // submitted yet): submit. No reaping here: it would run wakers (user code)
+                // under the `sq` lock.
                 sq.sync();
                 self.enter_submit(None);
                 sq.sync();
             }
             sq.sync();
         }
+        if self.gate.may_leave_queued() {
+            // At most SUBMIT_BATCH entries wait for the reaper: the one that makes the batch
+            // full submits it. (Only a cost trade; any entry may always be submitted.)
+            if self.queued.fetch_add(1, Ordering::Relaxed) + 1 < SUBMIT_BATCH {
+                return Ok(());
+            }
+            self.queued.store(0, Ordering::Relaxed);
+        }
         self.enter_submit(Some(shared));
         Ok(())
+    }
+
+    /// The reaper leaves the active state: from now on pushers submit their own entries. Those
+    /// left queued while it was active are submitted here.
+    fn deactivate(&self, shared: &Shared, cq: MutexGuard<'_, ()>) {
+        self.gate.deactivate();
+        drop(cq);
+        self.enter_submit(Some(shared));
     }
 
     /// `io_uring_enter` to submit what is queued. On EBUSY/EAGAIN (completions backed up), reaps
@@ -288,6 +335,27 @@ impl Uring {
         shared.slots.unattended() == 0 && shared.slots.in_flight() <= 1 && !shared.is_shut_down()
     }
 
+    /// The completion lock. It guards no data (only who may consume completions), so a panic
+    /// of the thread that held it (user code in a waker or in `block_on`) changes nothing.
+    fn lock_cq(&self) -> MutexGuard<'_, ()> {
+        self.cq
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn try_lock_cq(&self) -> Option<MutexGuard<'_, ()>> {
+        match self.cq.try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// Whether a future may reap inline (no other thread is the only consumer).
+    pub(crate) fn reaps_inline(&self) -> bool {
+        !self.gate.is_active()
+    }
+
     /// Wakes the reaper if it sleeps: called after a slot became unattended.
     pub(crate) fn kick(&self) {
         // Pairs with the reaper's store of `reaper_idle` then load of `unattended` (both
@@ -311,19 +379,7 @@ impl Uring {
 
     /// Posts a no-op so the reaper returns from its wait and sees the shutdown flag.
     pub(crate) fn wake_reaper(&self) {
-        let entry = opcode::Nop::new().build().user_data(TAG_WAKE);
-        let _guard = self.sq.lock().unwrap();
-        // SAFETY: the `sq` mutex is held, so no other SubmissionQueue exists.
-        let mut sq = unsafe { self.ring.submission_shared() };
-        // SAFETY: a no-op holds no pointers.
-        while unsafe { sq.push(&entry) }.is_err() {
-            sq.sync();
-            let _ = self.ring.submit();
-            sq.sync();
-        }
-        sq.sync();
-        drop(sq);
-        let _ = self.ring.submit();
+        self.post_wake();
         let _guard = self.reaper_lock.lock().unwrap();
         self.reaper_wake.notify_one();
     }
@@ -332,14 +388,19 @@ impl Uring {
     /// another thread is reaping (it will record ours too).
     pub(crate) fn reap(&self, shared: &Shared, wait_for_lock: bool) {
         let _guard = if wait_for_lock {
-            self.cq.lock().unwrap()
+            self.lock_cq()
         } else {
-            match self.cq.try_lock() {
-                Ok(g) => g,
-                Err(_) => return,
+            match self.try_lock_cq() {
+                Some(g) => g,
+                None => return,
             }
         };
-        // SAFETY: the `cq` mutex is held, so no other CompletionQueue exists.
+        self.drain(shared);
+    }
+
+    /// Records every completion in the queue. The caller holds the `cq` lock.
+    fn drain(&self, shared: &Shared) {
+        // SAFETY: the caller holds the `cq` mutex, so no other CompletionQueue exists.
         let cq = unsafe { self.ring.completion_shared() };
         for cqe in cq {
             let data = cqe.user_data();
@@ -428,4 +489,148 @@ impl Uring {
 /// Whether io_uring works here, and why not if it does not (for `probe`).
 pub fn io_uring_status() -> std::result::Result<(), String> {
     Uring::new(8).map(drop)
+}
+
+/// The waker of [`Uring::block_on`]: records the wake-up; if the thread waits in the ring,
+/// posts a no-op whose completion ends the wait, else unparks it.
+struct LocalWake {
+    notified: AtomicBool,
+    in_ring: AtomicBool,
+    thread: std::thread::Thread,
+    shared: std::sync::Weak<Shared>,
+}
+
+impl std::task::Wake for LocalWake {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        if self.notified.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        // Pairs with `block_on`, which sets `in_ring`, fences, then reads `notified`: either
+        // it sees our wake-up and does not wait, or we see it in the ring and end the wait.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        if self.in_ring.load(Ordering::SeqCst) {
+            if let Some(shared) = self.shared.upgrade() {
+                if let Engine::Uring(u) = &shared.engine {
+                    u.post_wake();
+                }
+            }
+        }
+        self.thread.unpark();
+    }
+}
+
+impl Uring {
+    /// Posts a no-op whose completion returns a waiter from `io_uring_enter`.
+    fn post_wake(&self) {
+        let entry = opcode::Nop::new().build().user_data(TAG_WAKE);
+        {
+            let _guard = self.sq.lock().unwrap();
+            // SAFETY: the `sq` mutex is held, so no other SubmissionQueue exists.
+            let mut sq = unsafe { self.ring.submission_shared() };
+            // SAFETY: a no-op holds no pointers.
+            while unsafe { sq.push(&entry) }.is_err() {
+                sq.sync();
+                self.enter_submit(None);
+                sq.sync();
+            }
+            sq.sync();
+        }
+        self.enter_submit(None);
+    }
+
+    /// Submits what is queued, then waits up to `shared.spin` for a completion without
+    /// sleeping. The caller holds the `cq` lock. Returns whether a completion arrived.
+    fn spin_for_one(&self, shared: &Shared) -> bool {
+        self.queued.store(0, Ordering::Relaxed);
+        self.enter_submit(None);
+        let start = std::time::Instant::now();
+        loop {
+            // SAFETY: the caller holds the `cq` mutex, so no other CompletionQueue exists.
+            if !unsafe { self.ring.completion_shared() }.is_empty() {
+                return true;
+            }
+            if start.elapsed() >= shared.spin {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Runs `fut` on this thread, which becomes the ring's reaper: while `fut` is pending the
+    /// thread waits in `io_uring_enter`, submitting what its futures queued and reaping every
+    /// completion. Returns `Err(fut)` untouched if another thread reaps (the reaper thread is
+    /// active, or another `block_on` runs): the caller then parks instead.
+    pub(crate) fn block_on<F: std::future::Future>(
+        &self,
+        shared: &Arc<Shared>,
+        fut: F,
+    ) -> std::result::Result<F::Output, F> {
+        let Some(cq) = self.try_lock_cq() else {
+            return Err(fut);
+        };
+        let local = Arc::new(LocalWake {
+            notified: AtomicBool::new(true),
+            in_ring: AtomicBool::new(false),
+            thread: std::thread::current(),
+            shared: Arc::downgrade(shared),
+        });
+        let waker = std::task::Waker::from(local.clone());
+        let mut cx = std::task::Context::from_waker(&waker);
+        let mut fut = std::pin::pin!(fut);
+        // Leaves the reaper's role however we leave (a panic in `fut` included): entries our
+        // futures left queued are submitted, and the reaper thread may take over.
+        struct Leave<'a> {
+            u: &'a Uring,
+            shared: &'a Shared,
+            cq: Option<MutexGuard<'a, ()>>,
+        }
+        impl Drop for Leave<'_> {
+            fn drop(&mut self) {
+                self.u.gate.deactivate();
+                drop(self.cq.take());
+                self.u.enter_submit(Some(self.shared));
+            }
+        }
+        self.gate.activate();
+        let _leave = Leave {
+            u: self,
+            shared,
+            cq: Some(cq),
+        };
+        loop {
+            if local.notified.swap(false, Ordering::SeqCst) {
+                if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
+                    return Ok(out);
+                }
+                continue;
+            }
+            // One operation in flight: submit it and watch the completion queue for a short
+            // while, as a future does on other executors (`Op::poll`): cheaper than sleeping
+            // in the kernel and being woken, on these machines.
+            if !shared.spin.is_zero() && shared.slots.in_flight() == 1 && self.spin_for_one(shared)
+            {
+                self.drain(shared);
+                continue;
+            }
+            local.in_ring.store(true, Ordering::SeqCst);
+            self.gate.entering();
+            self.queued.store(0, Ordering::Relaxed);
+            if !local.notified.load(Ordering::SeqCst) {
+                // Submit what our futures queued and wait for one completion (ours, another
+                // thread's, or a waker's no-op).
+                match self.ring.submitter().submit_and_wait(1) {
+                    Ok(_) => {}
+                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
+                    Err(e) => panic!("io_uring_enter(GETEVENTS) failed: {e}"),
+                }
+            }
+            self.gate.left_kernel();
+            local.in_ring.store(false, Ordering::SeqCst);
+            self.drain(shared);
+        }
+    }
 }

@@ -144,7 +144,7 @@ impl Future for Op {
         // At queue depth 1 nothing else can make progress: wait for the completion on this
         // thread for a short while rather than pay two thread wake-ups. (Otherwise one look at
         // the slot, below, takes the result or registers the waker under a single lock.)
-        if !shared.spin.is_zero() && shared.slots.in_flight() == 1 {
+        if !shared.spin.is_zero() && shared.slots.in_flight() == 1 && shared.engine.may_spin() {
             let start = Instant::now();
             loop {
                 done = shared.slots.take_or_register(index, generation, None);

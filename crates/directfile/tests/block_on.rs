@@ -1,0 +1,154 @@
+//! `Driver::block_on`: the thread that runs it waits in the ring and reaps for the whole
+//! driver. Wake-ups from other threads, other threads' I/O, a second `block_on`, a panic, and
+//! cancellation inside it.
+
+mod common;
+
+use common::{drivers, scratch_file, wait_idle};
+use futures::channel::oneshot;
+use std::time::Duration;
+
+/// A wake-up from another thread ends the wait in the ring (a no-op completion).
+#[test]
+fn woken_from_another_thread_while_waiting_in_the_ring() {
+    for driver in drivers() {
+        let (tx, rx) = oneshot::channel::<u32>();
+        let sender = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            tx.send(7).unwrap();
+        });
+        assert_eq!(driver.block_on(rx).unwrap(), 7);
+        sender.join().unwrap();
+    }
+}
+
+/// Another thread's operations complete while this thread holds the ring: it reaps them too.
+#[test]
+fn other_threads_io_completes_while_one_thread_holds_the_ring() {
+    for driver in drivers() {
+        let file = scratch_file(&driver, "block-on-other");
+        let unit = file.alignment().offset;
+        let (tx, rx) = oneshot::channel::<()>();
+        let other = {
+            let file = file.clone();
+            std::thread::spawn(move || {
+                // Let the main thread enter the ring first.
+                std::thread::sleep(Duration::from_millis(20));
+                futures::executor::block_on(async {
+                    let mut buf = file.alloc_buf(unit);
+                    for i in 0..64u64 {
+                        buf.set_len(unit);
+                        buf.fill(i as u8);
+                        let (n, b) = file.write_at(buf, i * unit as u64).await;
+                        assert_eq!(n.unwrap(), unit);
+                        buf = b;
+                    }
+                });
+                tx.send(()).unwrap();
+            })
+        };
+        // This thread only waits: every completion of the other thread passes through here.
+        driver.block_on(rx).unwrap();
+        other.join().unwrap();
+        let back = driver.block_on(async {
+            let mut buf = file.alloc_buf(64 * unit);
+            buf.set_len(64 * unit);
+            let (n, b) = file.read_at(buf, 0).await;
+            assert_eq!(n.unwrap(), 64 * unit);
+            b
+        });
+        for (i, chunk) in back.chunks(unit).enumerate() {
+            assert!(chunk.iter().all(|&b| b == i as u8), "block {i}");
+        }
+    }
+}
+
+/// Two threads in `block_on` at once: one holds the ring, the other parks; both finish.
+#[test]
+fn two_threads_in_block_on_at_once() {
+    for driver in drivers() {
+        let file = scratch_file(&driver, "block-on-two");
+        let unit = file.alignment().offset;
+        let threads: Vec<_> = (0..2u64)
+            .map(|t| {
+                let (driver, file) = (driver.clone(), file.clone());
+                std::thread::spawn(move || {
+                    driver.block_on(async {
+                        let mut buf = file.alloc_buf(unit);
+                        for i in 0..200u64 {
+                            buf.set_len(unit);
+                            buf.fill((t * 200 + i) as u8);
+                            let off = (t * 200 + i) * unit as u64;
+                            let (n, b) = file.write_at(buf, off).await;
+                            assert_eq!(n.unwrap(), unit);
+                            buf = b;
+                        }
+                    })
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        wait_idle(&driver);
+    }
+}
+
+/// A panic inside `block_on` gives the ring back: the next `block_on` and other executors work.
+#[test]
+fn panic_inside_block_on_gives_the_ring_back() {
+    for driver in drivers() {
+        let file = scratch_file(&driver, "block-on-panic");
+        let unit = file.alignment().offset;
+        let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            driver.block_on(async {
+                let mut buf = file.alloc_buf(unit);
+                buf.set_len(unit);
+                let (n, _) = file.write_at(buf, 0).await;
+                n.unwrap();
+                panic!("user code panicked");
+            })
+        }));
+        assert!(caught.is_err());
+        for run in 0..2 {
+            let job = async {
+                let mut buf = file.alloc_buf(unit);
+                buf.set_len(unit);
+                let (n, _) = file.write_at(buf, unit as u64).await;
+                assert_eq!(n.unwrap(), unit);
+            };
+            if run == 0 {
+                driver.block_on(job);
+            } else {
+                futures::executor::block_on(job);
+            }
+        }
+        wait_idle(&driver);
+    }
+}
+
+/// Futures dropped inside `block_on` while their writes are in flight: cancelled, and their
+/// completions (reaped by this thread or after it leaves) free the slots.
+#[test]
+fn cancellation_inside_block_on() {
+    for driver in drivers() {
+        let file = scratch_file(&driver, "block-on-cancel");
+        let unit = file.alignment().offset;
+        driver.block_on(async {
+            for i in 0..100u64 {
+                let mut buf = file.alloc_buf(unit);
+                buf.set_len(unit);
+                let write = file.write_at(buf, i * unit as u64);
+                // Poll once (submits), then drop it in flight.
+                let mut write = Box::pin(write);
+                let _ = futures::poll!(write.as_mut());
+                drop(write);
+            }
+            let mut buf = file.alloc_buf(unit);
+            buf.set_len(unit);
+            let (n, _) = file.write_at(buf, 0).await;
+            assert_eq!(n.unwrap(), unit);
+        });
+        wait_idle(&driver);
+    }
+}
