@@ -67,13 +67,17 @@ fn join_without_allocating<F: Future<Output = ()>>(lanes: Vec<F>) -> impl Future
     })
 }
 
+/// On a generic executor and on `Driver::block_on`, for each driver.
 #[test]
 fn no_allocation_per_operation() {
-    for driver in drivers() {
+    for (driver, own_executor) in drivers()
+        .into_iter()
+        .flat_map(|d| [(d.clone(), false), (d, true)])
+    {
         let file = scratch_file(&driver, "allocs");
         let unit = file.alignment().offset;
         let pool = driver.buf_pool(DEPTH, 4096.max(unit), 4096);
-        let (warm, steady) = futures::executor::block_on(async {
+        let work = async {
             // DEPTH concurrent loops inside one future; each op writes, odd ones read back.
             let run = |ops: usize| {
                 let loops: Vec<_> = (0..DEPTH)
@@ -106,11 +110,21 @@ fn no_allocation_per_operation() {
             measured.await;
             let end = ALLOCS.load(Ordering::Relaxed);
             (after_warm - before, end - start)
-        });
+        };
+        let (warm, steady) = if own_executor {
+            driver.block_on(work)
+        } else {
+            futures::executor::block_on(work)
+        };
         let per_op = steady as f64 / OPS as f64;
         println!(
-            "{}: {steady} allocations in {OPS} operations ({per_op:.5}/op; warm-up {warm})",
-            driver.backend()
+            "{}{}: {steady} allocations in {OPS} operations ({per_op:.5}/op; warm-up {warm})",
+            driver.backend(),
+            if own_executor {
+                " (Driver::block_on)"
+            } else {
+                ""
+            }
         );
         assert_eq!(
             steady,

@@ -71,9 +71,13 @@ async fn task(file: File, task_index: usize, writes: usize, seed: u64) -> Vec<Ha
     possible
 }
 
+/// The tasks run on tokio (multi-thread), or all on one thread in `Driver::block_on`.
 #[test]
 fn random_writes_with_cancellations_match_the_model() {
-    for driver in drivers() {
+    for (driver, own_executor) in drivers()
+        .into_iter()
+        .flat_map(|d| [(d.clone(), false), (d, true)])
+    {
         let dir = scratch_dir("integrity");
         let path = dir.join("data");
         let file = OpenOptions::new()
@@ -85,27 +89,24 @@ fn random_writes_with_cancellations_match_the_model() {
             .unwrap();
         let unit = file.alignment().offset;
         let total_units = TASKS * UNITS_PER_TASK;
+        let tasks =
+            || (0..TASKS).map(|t| task(file.clone(), t, WRITES / TASKS, 0x9e37_79b9 + t as u64));
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .build()
             .unwrap();
-        let models: Vec<Vec<HashSet<u64>>> = rt.block_on(async {
-            let handles: Vec<_> = (0..TASKS)
-                .map(|t| {
-                    tokio::spawn(task(
-                        file.clone(),
-                        t,
-                        WRITES / TASKS,
-                        0x9e37_79b9 + t as u64,
-                    ))
-                })
-                .collect();
-            let mut out = Vec::new();
-            for h in handles {
-                out.push(h.await.unwrap());
-            }
-            out
-        });
+        let models: Vec<Vec<HashSet<u64>>> = if own_executor {
+            driver.block_on(futures::future::join_all(tasks()))
+        } else {
+            rt.block_on(async {
+                let handles: Vec<_> = tasks().map(tokio::spawn).collect();
+                let mut out = Vec::new();
+                for h in handles {
+                    out.push(h.await.unwrap());
+                }
+                out
+            })
+        };
         // Every cancelled write has completed or been withdrawn once the futures are gone.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while driver.in_flight() > 0 {

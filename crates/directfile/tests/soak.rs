@@ -28,7 +28,11 @@ fn soak_at_depth_256_with_cancellations() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200_000);
-    for driver in drivers() {
+    // Each driver on a generic executor, then on `Driver::block_on`.
+    for (driver, own_executor) in drivers()
+        .into_iter()
+        .flat_map(|d| [(d.clone(), false), (d, true)])
+    {
         let file = scratch_file(&driver, "soak");
         let pool = driver.buf_pool(DEPTH, 4096, 4096);
         let fds_before = open_fds();
@@ -38,7 +42,7 @@ fn soak_at_depth_256_with_cancellations() {
         let done = std::sync::atomic::AtomicU64::new(0);
         let cancelled = std::sync::atomic::AtomicU64::new(0);
         let start = Instant::now();
-        futures::executor::block_on(futures::future::join_all((0..DEPTH).map(|lane| {
+        let lanes = futures::future::join_all((0..DEPTH).map(|lane| {
             let (file, pool, rss, done, cancelled) =
                 (&file, &pool, &rss_after_warm_up, &done, &cancelled);
             async move {
@@ -62,7 +66,12 @@ fn soak_at_depth_256_with_cancellations() {
                     done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 }
             }
-        })));
+        }));
+        if own_executor {
+            driver.block_on(lanes);
+        } else {
+            futures::executor::block_on(lanes);
+        }
         let elapsed = start.elapsed();
         let deadline = Instant::now() + Duration::from_secs(30);
         while driver.in_flight() > 0 || pool.available() < DEPTH {
@@ -73,8 +82,9 @@ fn soak_at_depth_256_with_cancellations() {
         let rss_warm = *rss_after_warm_up.lock().unwrap().iter().max().unwrap();
         let done = done.into_inner();
         println!(
-            "{}: {done} operations ({} cancelled) in {elapsed:.1?}; RSS after warm-up {} KiB, at end {} KiB",
+            "{}{}: {done} operations ({} cancelled) in {elapsed:.1?}; RSS after warm-up {} KiB, at end {} KiB",
             driver.backend(),
+            if own_executor { " (Driver::block_on)" } else { "" },
             cancelled.into_inner(),
             rss_warm / 1024,
             rss_end / 1024
