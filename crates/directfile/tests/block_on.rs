@@ -152,3 +152,110 @@ fn cancellation_inside_block_on() {
         wait_idle(&driver);
     }
 }
+
+/// `Driver::block_on` inside `Driver::block_on` on the same thread: the inner call waits in
+/// the ring too.
+#[test]
+fn nested_block_on_on_the_same_thread() {
+    for driver in drivers() {
+        let file = scratch_file(&driver, "block-on-nested");
+        let unit = file.alignment().offset;
+        let n = driver.block_on(async {
+            let inner = driver.block_on(async {
+                let mut buf = file.alloc_buf(unit);
+                buf.set_len(unit);
+                file.write_at(buf, 0).await.0.unwrap()
+            });
+            let mut buf = file.alloc_buf(unit);
+            buf.set_len(unit);
+            inner + file.write_at(buf, unit as u64).await.0.unwrap()
+        });
+        assert_eq!(n, 2 * unit);
+        wait_idle(&driver);
+    }
+}
+
+/// Another executor blocking inside `Driver::block_on` (the thread that owns the ring is stuck
+/// in it): the reaper thread's watchdog reaps for it, so it completes.
+#[test]
+fn another_executor_blocking_inside_block_on() {
+    for driver in drivers() {
+        let file = scratch_file(&driver, "block-on-blocking");
+        let unit = file.alignment().offset;
+        driver.block_on(async {
+            for i in 0..20u64 {
+                let mut buf = file.alloc_buf(unit);
+                buf.set_len(unit);
+                let (n, _) = futures::executor::block_on(file.write_at(buf, i * unit as u64));
+                assert_eq!(n.unwrap(), unit);
+            }
+        });
+        wait_idle(&driver);
+    }
+}
+
+/// A future that keeps waking itself while its write is in flight still gets the write done.
+#[test]
+fn a_future_that_yields_in_a_loop_gets_its_io_done() {
+    for driver in drivers() {
+        let file = scratch_file(&driver, "block-on-yield");
+        let unit = file.alignment().offset;
+        driver.block_on(async {
+            let mut buf = file.alloc_buf(unit);
+            buf.set_len(unit);
+            let mut write = Box::pin(file.write_at(buf, 0));
+            let mut spins = 0u64;
+            let (n, _) = loop {
+                if let std::task::Poll::Ready(r) = futures::poll!(write.as_mut()) {
+                    break r;
+                }
+                spins += 1;
+                assert!(spins < 50_000_000, "the write never completed");
+                // Yield: wake ourselves and return Pending once.
+                let mut yielded = false;
+                std::future::poll_fn(|cx| {
+                    if yielded {
+                        std::task::Poll::Ready(())
+                    } else {
+                        yielded = true;
+                        cx.waker().wake_by_ref();
+                        std::task::Poll::Pending
+                    }
+                })
+                .await;
+            };
+            assert_eq!(n.unwrap(), unit);
+        });
+        wait_idle(&driver);
+    }
+}
+
+/// Blocking inside `block_on` on something another thread does with the same driver.
+#[test]
+fn blocking_inside_block_on_on_another_threads_io() {
+    for driver in drivers() {
+        let file = scratch_file(&driver, "block-on-cross");
+        let unit = file.alignment().offset;
+        let (tx, rx) = std::sync::mpsc::channel::<usize>();
+        driver.block_on(async {
+            let other = {
+                let file = file.clone();
+                std::thread::spawn(move || {
+                    let mut total = 0;
+                    futures::executor::block_on(async {
+                        for i in 0..32u64 {
+                            let mut buf = file.alloc_buf(unit);
+                            buf.set_len(unit);
+                            total += file.write_at(buf, i * unit as u64).await.0.unwrap();
+                        }
+                    });
+                    tx.send(total).unwrap();
+                })
+            };
+            // A blocking receive, on the thread that owns the ring.
+            assert_eq!(rx.recv().unwrap(), 32 * unit);
+            other.join().unwrap();
+        });
+        wait_idle(&driver);
+    }
+}

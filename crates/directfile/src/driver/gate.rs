@@ -15,8 +15,12 @@
 //! the other side; one of the two sides always sees the other):
 //!
 //! 1. The pusher stores its entry, fences, then reads `in_kernel` (and `active`). The reaper
-//!    stores `in_kernel`, fences, then enters the kernel, which reads the queue's tail. If the
-//!    pusher saw the reaper out of the kernel, the reaper's next `io_uring_enter` sees the entry.
+//!    stores `in_kernel`, fences, then enters the kernel (`submit_and_wait` reads the queue's
+//!    tail after that fence). If the pusher saw the reaper out of the kernel, the reaper's next
+//!    `io_uring_enter` sees the entry. That next call is certain for the reaper thread, which
+//!    loops straight back. A `block_on` thread goes back after polling its future, which runs
+//!    user code: so only its own thread may leave entries for it, and should it not come back
+//!    (the future blocks), the reaper thread's watchdog submits them (`Uring::idle`).
 //! 2. A reaper leaving the active state stores `active = false`, fences, then submits whatever
 //!    is queued. If the pusher saw it still active, that submission sees the entry.
 //!

@@ -33,6 +33,17 @@ const TAG_WAKE: u64 = u64::MAX;
 const TAG_CANCEL: u64 = u64::MAX - 1;
 /// Entries in the registered-buffer table, shared by all pools of one driver.
 const FIXED_TABLE_ENTRIES: u32 = 1024;
+/// How often the reaper thread checks that a `block_on` thread that is the reaper comes back
+/// to the ring.
+const WATCHDOG: std::time::Duration = std::time::Duration::from_millis(1);
+
+thread_local! {
+    /// Depth of `Uring::block_on` calls on this thread that own the ring.
+    static RING_OWNER: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// This thread is recording completions (running wakers) with the `cq` lock held.
+    static DRAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
 /// The most entries left queued for the reaper's next `io_uring_enter`; the pusher that fills
 /// the batch submits it. Unbounded batches made completions arrive in waves that kept the
 /// device's queue half empty between them (README, "What was tried").
@@ -75,6 +86,10 @@ pub(crate) struct Uring {
     gate: SubmitGate,
     /// Entries left for the reaper since the last submission (see `SUBMIT_BATCH`).
     queued: AtomicUsize,
+    /// A thread in `block_on` is the reaper (the reaper thread stands by).
+    owned: AtomicBool,
+    /// Times that thread entered the ring: the reaper thread's watchdog reads it.
+    ring_visits: AtomicUsize,
 }
 
 /// What to tell the user when `io_uring_setup` fails.
@@ -137,6 +152,8 @@ impl Uring {
             reaper_idle: AtomicBool::new(false),
             gate: SubmitGate::new(),
             queued: AtomicUsize::new(0),
+            owned: AtomicBool::new(false),
+            ring_visits: AtomicUsize::new(0),
         })
     }
 
@@ -165,18 +182,16 @@ impl Uring {
                         if let Some(guard) = cq.take() {
                             u.deactivate(&shared, guard);
                         }
-                        // Nobody waits on us: sleep outside the kernel until a future
-                        // registers a waker or is dropped in flight (`kick`), or shutdown.
-                        let mut guard = u.reaper_lock.lock().unwrap();
-                        u.reaper_idle.store(true, Ordering::SeqCst);
-                        while u.may_idle(&shared) {
-                            guard = u.reaper_wake.wait(guard).unwrap();
-                        }
-                        u.reaper_idle.store(false, Ordering::SeqCst);
+                        u.idle(&shared);
                         continue;
                     }
                     if cq.is_none() {
-                        cq = Some(u.lock_cq());
+                        let guard = u.lock_cq();
+                        // A `block_on` thread may have taken the ring while we waited.
+                        if u.may_idle(&shared) {
+                            continue;
+                        }
+                        cq = Some(guard);
                         u.gate.activate();
                     }
                     // Submit what futures left queued and wait for one completion. While we
@@ -185,11 +200,7 @@ impl Uring {
                     u.queued.store(0, Ordering::Relaxed);
                     let waited = u.ring.submitter().submit_and_wait(1);
                     u.gate.left_kernel();
-                    match waited {
-                        Ok(_) => {}
-                        Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
-                        Err(e) => panic!("io_uring_enter(GETEVENTS) failed: {e}"),
-                    }
+                    u.check_enter(waited, "io_uring_enter(GETEVENTS)");
                     u.drain(&shared);
                 }
                 if let Some(guard) = cq.take() {
@@ -288,7 +299,11 @@ impl Uring {
             }
             sq.sync();
         }
-        if self.gate.may_leave_queued() {
+        // While a `block_on` thread is the reaper, only its own entries wait for it: it may be
+        // busy in user code for a while. (Refusing to leave an entry is always safe.)
+        if self.gate.may_leave_queued()
+            && (!self.owned.load(Ordering::SeqCst) || RING_OWNER.with(|o| o.get() > 0))
+        {
             // At most SUBMIT_BATCH entries wait for the reaper: the one that makes the batch
             // full submits it. (Only a cost trade; any entry may always be submitted.)
             if self.queued.fetch_add(1, Ordering::Relaxed) + 1 < SUBMIT_BATCH {
@@ -308,6 +323,40 @@ impl Uring {
         self.enter_submit(Some(shared));
     }
 
+    /// `io_uring_enter` to submit what is queued, for a caller that holds the `cq` lock: on
+    /// EBUSY/EAGAIN it records completions itself to make room, and retries.
+    fn submit_holding_cq(&self, shared: &Shared) {
+        loop {
+            match self.ring.submit() {
+                Ok(_) => return,
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR)) => {}
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
+                    self.drain(shared);
+                    std::thread::yield_now();
+                }
+                Err(e) => panic!("io_uring_enter(submit) failed: {e}"),
+            }
+        }
+    }
+
+    /// The result of a waiting `io_uring_enter`: transient refusals (a signal, completions
+    /// backed up, no memory for a request) come back to the caller's loop, which drains and
+    /// enters again; anything else can only be our bug.
+    fn check_enter(&self, result: io::Result<usize>, what: &str) {
+        match result {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINTR | libc::EBUSY | libc::EAGAIN)
+                ) =>
+            {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("{what} failed: {e}"),
+        }
+    }
+
     /// `io_uring_enter` to submit what is queued. On EBUSY/EAGAIN (completions backed up), reaps
     /// when `shared` is given (never while a lock is held: reaping runs wakers) and retries.
     fn enter_submit(&self, shared: Option<&Shared>) {
@@ -318,7 +367,7 @@ impl Uring {
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
                     // The completion queue is busy: make room (or let others) and retry.
                     if let Some(shared) = shared {
-                        self.reap(shared, false);
+                        self.reap(shared);
                     }
                     std::thread::yield_now();
                 }
@@ -331,8 +380,52 @@ impl Uring {
     /// operation in flight (the one a future may be spinning on). With more in flight, futures
     /// are about to register wakers; staying in `io_uring_enter` then saves a condition
     /// variable wake-up per batch of completions.
+    ///
+    /// Also while a `block_on` thread is the reaper: then this thread only watches that it
+    /// comes back to the ring (`idle`).
     fn may_idle(&self, shared: &Shared) -> bool {
-        shared.slots.unattended() == 0 && shared.slots.in_flight() <= 1 && !shared.is_shut_down()
+        !shared.is_shut_down()
+            && (self.owned.load(Ordering::SeqCst)
+                || (shared.slots.unattended() == 0 && shared.slots.in_flight() <= 1))
+    }
+
+    /// Sleeps outside the kernel while `may_idle`: until a future registers a waker or is
+    /// dropped in flight (`kick`), or shutdown. While a `block_on` thread is the reaper it
+    /// wakes every `WATCHDOG` and, if that thread has not come back to the ring since the last
+    /// look (it runs long user code, or blocks, perhaps on this very driver's I/O), reaps and
+    /// submits for it once: a late completion, never a hang.
+    fn idle(&self, shared: &Shared) {
+        let mut last_visits = self.ring_visits.load(Ordering::SeqCst);
+        loop {
+            {
+                let mut guard = self.reaper_lock.lock().unwrap();
+                self.reaper_idle.store(true, Ordering::SeqCst);
+                if !self.may_idle(shared) {
+                    self.reaper_idle.store(false, Ordering::SeqCst);
+                    return;
+                }
+                guard = if self.owned.load(Ordering::SeqCst) {
+                    self.reaper_wake.wait_timeout(guard, WATCHDOG).unwrap().0
+                } else {
+                    self.reaper_wake.wait(guard).unwrap()
+                };
+                self.reaper_idle.store(false, Ordering::SeqCst);
+                drop(guard);
+            }
+            if !self.owned.load(Ordering::SeqCst) {
+                continue;
+            }
+            let visits = self.ring_visits.load(Ordering::SeqCst);
+            if visits == last_visits {
+                // Not back in the ring for a whole period. If it is in there right now it
+                // holds the lock, and all is well.
+                if let Some(_cq) = self.try_lock_cq() {
+                    self.drain(shared);
+                    self.submit_holding_cq(shared);
+                }
+            }
+            last_visits = visits;
+        }
     }
 
     /// The completion lock. It guards no data (only who may consume completions), so a panic
@@ -358,6 +451,12 @@ impl Uring {
 
     /// Wakes the reaper if it sleeps: called after a slot became unattended.
     pub(crate) fn kick(&self) {
+        // A `block_on` thread reaps (this thread's watchdog covers it if it does not); it
+        // wakes the reaper when it leaves if anything is unattended. Pairs with `Owner::drop`:
+        // `unattended` was raised (SeqCst) before this load.
+        if self.owned.load(Ordering::SeqCst) {
+            return;
+        }
         // Pairs with the reaper's store of `reaper_idle` then load of `unattended` (both
         // SeqCst): either it sees the new unattended slot, or we see it idle and notify it
         // under its lock, which it holds until it waits.
@@ -384,22 +483,23 @@ impl Uring {
         self.reaper_wake.notify_one();
     }
 
-    /// Records every completion in the queue. With `wait_for_lock` false, returns at once if
-    /// another thread is reaping (it will record ours too).
-    pub(crate) fn reap(&self, shared: &Shared, wait_for_lock: bool) {
-        let _guard = if wait_for_lock {
-            self.lock_cq()
-        } else {
-            match self.try_lock_cq() {
-                Some(g) => g,
-                None => return,
-            }
-        };
-        self.drain(shared);
+    /// Records every completion in the queue, unless another thread is reaping (it will record
+    /// ours too).
+    pub(crate) fn reap(&self, shared: &Shared) {
+        if let Some(_guard) = self.try_lock_cq() {
+            self.drain(shared);
+        }
     }
 
     /// Records every completion in the queue. The caller holds the `cq` lock.
     fn drain(&self, shared: &Shared) {
+        struct Draining(bool);
+        impl Drop for Draining {
+            fn drop(&mut self) {
+                DRAINING.with(|d| d.set(self.0));
+            }
+        }
+        let _draining = Draining(DRAINING.with(|d| d.replace(true)));
         // SAFETY: the caller holds the `cq` mutex, so no other CompletionQueue exists.
         let cq = unsafe { self.ring.completion_shared() };
         for cqe in cq {
@@ -546,7 +646,7 @@ impl Uring {
     /// sleeping. The caller holds the `cq` lock. Returns whether a completion arrived.
     fn spin_for_one(&self, shared: &Shared) -> bool {
         self.queued.store(0, Ordering::Relaxed);
-        self.enter_submit(None);
+        self.submit_holding_cq(shared);
         let start = std::time::Instant::now();
         loop {
             // SAFETY: the caller holds the `cq` mutex, so no other CompletionQueue exists.
@@ -562,16 +662,43 @@ impl Uring {
 
     /// Runs `fut` on this thread, which becomes the ring's reaper: while `fut` is pending the
     /// thread waits in `io_uring_enter`, submitting what its futures queued and reaping every
-    /// completion. Returns `Err(fut)` untouched if another thread reaps (the reaper thread is
-    /// active, or another `block_on` runs): the caller then parks instead.
+    /// completion; the reaper thread stands by (and watches that it comes back to the ring).
+    /// Returns `Err(fut)` untouched if another thread's `block_on` owns the ring, or if called
+    /// from a waker this thread runs while reaping: the caller then parks instead.
     pub(crate) fn block_on<F: std::future::Future>(
         &self,
         shared: &Arc<Shared>,
         fut: F,
     ) -> std::result::Result<F::Output, F> {
-        let Some(cq) = self.try_lock_cq() else {
+        if DRAINING.with(|d| d.get()) {
             return Err(fut);
-        };
+        }
+        let outermost = RING_OWNER.with(|o| o.get()) == 0;
+        if outermost
+            && self
+                .owned
+                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .is_err()
+        {
+            return Err(fut);
+        }
+        let _owner = Owner::new(self, shared, outermost);
+        if outermost {
+            // The reaper thread may be waiting in the kernel with the lock: its wait ends on
+            // this no-op, it sees `owned` and stands by. The gate is ours once it let go.
+            let cq = match self.try_lock_cq() {
+                Some(cq) => cq,
+                None => {
+                    self.post_wake();
+                    self.lock_cq()
+                }
+            };
+            self.gate.activate();
+            drop(cq);
+            // The reaper thread may sleep without a timeout: have it start watching.
+            let _guard = self.reaper_lock.lock().unwrap();
+            self.reaper_wake.notify_one();
+        }
         let local = Arc::new(LocalWake {
             notified: AtomicBool::new(true),
             in_ring: AtomicBool::new(false),
@@ -581,37 +708,31 @@ impl Uring {
         let waker = std::task::Waker::from(local.clone());
         let mut cx = std::task::Context::from_waker(&waker);
         let mut fut = std::pin::pin!(fut);
-        // Leaves the reaper's role however we leave (a panic in `fut` included): entries our
-        // futures left queued are submitted, and the reaper thread may take over.
-        struct Leave<'a> {
-            u: &'a Uring,
-            shared: &'a Shared,
-            cq: Option<MutexGuard<'a, ()>>,
-        }
-        impl Drop for Leave<'_> {
-            fn drop(&mut self) {
-                self.u.gate.deactivate();
-                drop(self.cq.take());
-                self.u.enter_submit(Some(self.shared));
-            }
-        }
-        self.gate.activate();
-        let _leave = Leave {
-            u: self,
-            shared,
-            cq: Some(cq),
-        };
         loop {
             if local.notified.swap(false, Ordering::SeqCst) {
+                // The lock is not held while user code runs: futures reap inline, and a
+                // future that blocks does not stop the reaper thread's watchdog.
                 if let std::task::Poll::Ready(out) = fut.as_mut().poll(&mut cx) {
                     return Ok(out);
                 }
-                continue;
+                if local.notified.load(Ordering::SeqCst) {
+                    // Woken while polled (it may wake itself): poll again, but first submit
+                    // what it queued, or a future that yields in a loop would starve its I/O.
+                    if self.queued.swap(0, Ordering::Relaxed) > 0 {
+                        self.enter_submit(Some(shared));
+                    }
+                    continue;
+                }
             }
+            let cq = self.lock_cq();
+            self.ring_visits.fetch_add(1, Ordering::SeqCst);
             // One operation in flight: submit it and watch the completion queue for a short
             // while, as a future does on other executors (`Op::poll`): cheaper than sleeping
             // in the kernel and being woken, on these machines.
-            if !shared.spin.is_zero() && shared.slots.in_flight() == 1 && self.spin_for_one(shared)
+            if !shared.spin.is_zero()
+                && shared.slots.in_flight() == 1
+                && !local.notified.load(Ordering::SeqCst)
+                && self.spin_for_one(shared)
             {
                 self.drain(shared);
                 continue;
@@ -619,18 +740,59 @@ impl Uring {
             local.in_ring.store(true, Ordering::SeqCst);
             self.gate.entering();
             self.queued.store(0, Ordering::Relaxed);
-            if !local.notified.load(Ordering::SeqCst) {
+            if local.notified.load(Ordering::SeqCst) {
+                self.submit_holding_cq(shared);
+            } else {
                 // Submit what our futures queued and wait for one completion (ours, another
                 // thread's, or a waker's no-op).
-                match self.ring.submitter().submit_and_wait(1) {
-                    Ok(_) => {}
-                    Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => {}
-                    Err(e) => panic!("io_uring_enter(GETEVENTS) failed: {e}"),
-                }
+                let waited = self.ring.submitter().submit_and_wait(1);
+                self.check_enter(waited, "io_uring_enter(GETEVENTS)");
             }
             self.gate.left_kernel();
             local.in_ring.store(false, Ordering::SeqCst);
             self.drain(shared);
+            drop(cq);
+        }
+    }
+}
+
+/// A `block_on` call that owns the ring, for as long as it runs (a panic included).
+struct Owner<'a> {
+    u: &'a Uring,
+    shared: &'a Shared,
+    outermost: bool,
+}
+
+impl<'a> Owner<'a> {
+    fn new(u: &'a Uring, shared: &'a Shared, outermost: bool) -> Owner<'a> {
+        RING_OWNER.with(|o| o.set(o.get() + 1));
+        Owner {
+            u,
+            shared,
+            outermost,
+        }
+    }
+}
+
+impl Drop for Owner<'_> {
+    fn drop(&mut self) {
+        RING_OWNER.with(|o| o.set(o.get() - 1));
+        if !self.outermost {
+            return;
+        }
+        let u = self.u;
+        u.gate.left_kernel();
+        // Rule 2 of `gate.rs`: entries this thread left are submitted below.
+        u.gate.deactivate();
+        u.owned.store(false, Ordering::SeqCst);
+        // Pairs with `kick`, which skipped waking the reaper thread while we owned the ring:
+        // either it saw `owned` cleared, or we see what it left unattended.
+        std::sync::atomic::fence(Ordering::SeqCst);
+        u.queued.store(0, Ordering::Relaxed);
+        u.enter_submit(Some(self.shared));
+        if self.shared.slots.unattended() > 0 {
+            let _guard = u.reaper_lock.lock().unwrap();
+            u.reaper_wake.notify_one();
         }
     }
 }
