@@ -259,3 +259,49 @@ fn blocking_inside_block_on_on_another_threads_io() {
         wait_idle(&driver);
     }
 }
+
+/// `block_on` of one driver inside `block_on` of another, with several writes in flight (each
+/// driver has its own owner: the inner call owns the inner ring).
+#[test]
+fn nested_block_on_of_two_drivers() {
+    let outer_drivers = drivers();
+    let inner_drivers = drivers();
+    for (outer, inner) in outer_drivers.iter().zip(inner_drivers.iter()) {
+        let file = scratch_file(inner, "block-on-two-drivers");
+        let unit = file.alignment().offset;
+        let write = |i: u64| {
+            let file = file.clone();
+            async move {
+                let mut buf = file.alloc_buf(unit);
+                buf.set_len(unit);
+                buf.fill(i as u8 + 1);
+                file.write_at(buf, i * unit as u64).await.0.unwrap()
+            }
+        };
+        let total = outer.block_on(async {
+            let (a, b, c) = inner.block_on(futures::future::join3(write(0), write(1), write(2)));
+            a + b + c
+        });
+        assert_eq!(total, 3 * unit);
+        // And the other way round, with the outer driver's ring owned by another thread.
+        let other = {
+            let outer = outer.clone();
+            let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let t = std::thread::spawn(move || {
+                outer.block_on(async {
+                    rx.recv().unwrap();
+                })
+            });
+            (t, tx)
+        };
+        let total = outer.block_on(async {
+            let (a, b, c) = inner.block_on(futures::future::join3(write(3), write(4), write(5)));
+            a + b + c
+        });
+        assert_eq!(total, 3 * unit);
+        other.1.send(()).unwrap();
+        other.0.join().unwrap();
+        wait_idle(inner);
+        wait_idle(outer);
+    }
+}

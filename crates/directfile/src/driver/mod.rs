@@ -335,11 +335,11 @@ impl Engine {
         }
     }
 
-    /// Whether spinning for a completion on the polling thread can succeed: not while another
-    /// thread is the ring's only reaper (nor on the thread pool, whose workers complete ops).
+    /// Whether a future polled on this thread may spin for its completion (on the thread pool,
+    /// workers complete operations; see `Uring::may_spin`).
     pub(crate) fn may_spin(&self) -> bool {
         match self {
-            Engine::Uring(u) => u.reaps_inline(),
+            Engine::Uring(u) => u.may_spin(),
             Engine::Threads(_) => true,
         }
     }

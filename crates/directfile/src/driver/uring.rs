@@ -33,13 +33,18 @@ const TAG_WAKE: u64 = u64::MAX;
 const TAG_CANCEL: u64 = u64::MAX - 1;
 /// Entries in the registered-buffer table, shared by all pools of one driver.
 const FIXED_TABLE_ENTRIES: u32 = 1024;
+/// This thread's owner token: non-zero, distinct from every other live thread's.
+fn thread_token() -> usize {
+    THREAD_TOKEN.with(|t| t as *const u8 as usize)
+}
+
 /// How often the reaper thread checks that a `block_on` thread that is the reaper comes back
 /// to the ring.
 const WATCHDOG: std::time::Duration = std::time::Duration::from_millis(1);
 
 thread_local! {
-    /// Depth of `Uring::block_on` calls on this thread that own the ring.
-    static RING_OWNER: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+    /// Its address identifies this thread as the owner of a ring (`Uring::owner`).
+    static THREAD_TOKEN: u8 = const { 0 };
     /// This thread is recording completions (running wakers) with the `cq` lock held.
     static DRAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
@@ -86,8 +91,9 @@ pub(crate) struct Uring {
     gate: SubmitGate,
     /// Entries left for the reaper since the last submission (see `SUBMIT_BATCH`).
     queued: AtomicUsize,
-    /// A thread in `block_on` is the reaper (the reaper thread stands by).
-    owned: AtomicBool,
+    /// The token (`thread_token`) of the thread in `block_on` that is the reaper, or 0. While
+    /// it is set the reaper thread stands by.
+    owner: AtomicUsize,
     /// Times that thread entered the ring: the reaper thread's watchdog reads it.
     ring_visits: AtomicUsize,
 }
@@ -152,7 +158,7 @@ impl Uring {
             reaper_idle: AtomicBool::new(false),
             gate: SubmitGate::new(),
             queued: AtomicUsize::new(0),
-            owned: AtomicBool::new(false),
+            owner: AtomicUsize::new(0),
             ring_visits: AtomicUsize::new(0),
         })
     }
@@ -301,9 +307,10 @@ impl Uring {
         }
         // While a `block_on` thread is the reaper, only its own entries wait for it: it may be
         // busy in user code for a while. (Refusing to leave an entry is always safe.)
-        if self.gate.may_leave_queued()
-            && (!self.owned.load(Ordering::SeqCst) || RING_OWNER.with(|o| o.get() > 0))
-        {
+        if self.gate.may_leave_queued() && {
+            let owner = self.owner.load(Ordering::SeqCst);
+            owner == 0 || owner == thread_token()
+        } {
             // At most SUBMIT_BATCH entries wait for the reaper: the one that makes the batch
             // full submits it. (Only a cost trade; any entry may always be submitted.)
             if self.queued.fetch_add(1, Ordering::Relaxed) + 1 < SUBMIT_BATCH {
@@ -385,8 +392,7 @@ impl Uring {
     /// comes back to the ring (`idle`).
     fn may_idle(&self, shared: &Shared) -> bool {
         !shared.is_shut_down()
-            && (self.owned.load(Ordering::SeqCst)
-                || (shared.slots.unattended() == 0 && shared.slots.in_flight() <= 1))
+            && (self.owned() || (shared.slots.unattended() == 0 && shared.slots.in_flight() <= 1))
     }
 
     /// Sleeps outside the kernel while `may_idle`: until a future registers a waker or is
@@ -404,7 +410,7 @@ impl Uring {
                     self.reaper_idle.store(false, Ordering::SeqCst);
                     return;
                 }
-                guard = if self.owned.load(Ordering::SeqCst) {
+                guard = if self.owned() {
                     self.reaper_wake.wait_timeout(guard, WATCHDOG).unwrap().0
                 } else {
                     self.reaper_wake.wait(guard).unwrap()
@@ -412,7 +418,7 @@ impl Uring {
                 self.reaper_idle.store(false, Ordering::SeqCst);
                 drop(guard);
             }
-            if !self.owned.load(Ordering::SeqCst) {
+            if !self.owned() {
                 continue;
             }
             let visits = self.ring_visits.load(Ordering::SeqCst);
@@ -444,9 +450,17 @@ impl Uring {
         }
     }
 
-    /// Whether a future may reap inline (no other thread is the only consumer).
-    pub(crate) fn reaps_inline(&self) -> bool {
-        !self.gate.is_active()
+    /// Whether a thread in `block_on` is the reaper.
+    fn owned(&self) -> bool {
+        self.owner.load(Ordering::SeqCst) != 0
+    }
+
+    /// Whether a future polled on this thread may spin for its completion: not on the thread
+    /// that owns the ring in `block_on`, which left the entry for its own next visit to the
+    /// ring (and spins there, `spin_for_one`). Elsewhere a spinning future sees its completion
+    /// whoever records it: itself inline, the reaper thread, or the owner.
+    pub(crate) fn may_spin(&self) -> bool {
+        self.owner.load(Ordering::Relaxed) != thread_token()
     }
 
     /// Wakes the reaper if it sleeps: called after a slot became unattended.
@@ -454,7 +468,7 @@ impl Uring {
         // A `block_on` thread reaps (this thread's watchdog covers it if it does not); it
         // wakes the reaper when it leaves if anything is unattended. Pairs with `Owner::drop`:
         // `unattended` was raised (SeqCst) before this load.
-        if self.owned.load(Ordering::SeqCst) {
+        if self.owned() {
             return;
         }
         // Pairs with the reaper's store of `reaper_idle` then load of `unattended` (both
@@ -663,29 +677,42 @@ impl Uring {
     /// Runs `fut` on this thread, which becomes the ring's reaper: while `fut` is pending the
     /// thread waits in `io_uring_enter`, submitting what its futures queued and reaping every
     /// completion; the reaper thread stands by (and watches that it comes back to the ring).
-    /// Returns `Err(fut)` untouched if another thread's `block_on` owns the ring, or if called
-    /// from a waker this thread runs while reaping: the caller then parks instead.
+    /// Nested on the thread that owns the ring, it runs the same loop. Returns `Err(fut)`
+    /// untouched if another thread owns the ring: the caller then parks instead.
+    ///
+    /// # Panics
+    ///
+    /// If called from a waker that this thread runs while it records completions (it holds
+    /// the completion lock then, so nothing could complete): a waker must not block.
     pub(crate) fn block_on<F: std::future::Future>(
         &self,
         shared: &Arc<Shared>,
         fut: F,
     ) -> std::result::Result<F::Output, F> {
-        if DRAINING.with(|d| d.get()) {
-            return Err(fut);
-        }
-        let outermost = RING_OWNER.with(|o| o.get()) == 0;
+        assert!(
+            !DRAINING.with(|d| d.get()),
+            "directfile: Driver::block_on called from a waker while this thread records \
+             completions; a waker must not block"
+        );
+        let me = thread_token();
+        let outermost = self.owner.load(Ordering::SeqCst) != me;
         if outermost
             && self
-                .owned
-                .compare_exchange(false, true, Ordering::SeqCst, Ordering::SeqCst)
+                .owner
+                .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
                 .is_err()
         {
             return Err(fut);
         }
-        let _owner = Owner::new(self, shared, outermost);
+        let mut owner = Owner {
+            u: self,
+            shared,
+            outermost,
+            established: false,
+        };
         if outermost {
             // The reaper thread may be waiting in the kernel with the lock: its wait ends on
-            // this no-op, it sees `owned` and stands by. The gate is ours once it let go.
+            // this no-op, it sees the owner and stands by. The gate is ours once it let go.
             let cq = match self.try_lock_cq() {
                 Some(cq) => cq,
                 None => {
@@ -694,6 +721,7 @@ impl Uring {
                 }
             };
             self.gate.activate();
+            owner.established = true;
             drop(cq);
             // The reaper thread may sleep without a timeout: have it start watching.
             let _guard = self.reaper_lock.lock().unwrap();
@@ -756,37 +784,30 @@ impl Uring {
     }
 }
 
-/// A `block_on` call that owns the ring, for as long as it runs (a panic included).
+/// A `block_on` call on the ring, for as long as it runs (a panic included). The outermost
+/// one on the owning thread gives the ring back when dropped.
 struct Owner<'a> {
     u: &'a Uring,
     shared: &'a Shared,
     outermost: bool,
-}
-
-impl<'a> Owner<'a> {
-    fn new(u: &'a Uring, shared: &'a Shared, outermost: bool) -> Owner<'a> {
-        RING_OWNER.with(|o| o.set(o.get() + 1));
-        Owner {
-            u,
-            shared,
-            outermost,
-        }
-    }
+    /// The gate was activated (the reaper thread had let go of it).
+    established: bool,
 }
 
 impl Drop for Owner<'_> {
     fn drop(&mut self) {
-        RING_OWNER.with(|o| o.set(o.get() - 1));
         if !self.outermost {
             return;
         }
         let u = self.u;
-        u.gate.left_kernel();
-        // Rule 2 of `gate.rs`: entries this thread left are submitted below.
-        u.gate.deactivate();
-        u.owned.store(false, Ordering::SeqCst);
+        if self.established {
+            u.gate.left_kernel();
+            // Rule 2 of `gate.rs`: entries this thread left are submitted below.
+            u.gate.deactivate();
+        }
+        u.owner.store(0, Ordering::SeqCst);
         // Pairs with `kick`, which skipped waking the reaper thread while we owned the ring:
-        // either it saw `owned` cleared, or we see what it left unattended.
+        // either it saw the owner cleared, or we see what it left unattended.
         std::sync::atomic::fence(Ordering::SeqCst);
         u.queued.store(0, Ordering::Relaxed);
         u.enter_submit(Some(self.shared));
