@@ -1,7 +1,7 @@
 //! `file`: the same random-write workload on directfile and its io_uring peers.
 //!
 //! Each system runs on its own, fresh thread with its natural executor: directfile on
-//! `futures::executor::block_on` (it needs no runtime), tokio-uring on `tokio_uring::start`,
+//! `Driver::block_on` (its own, which waits in the ring), tokio-uring on `tokio_uring::start`,
 //! glommio on a `LocalExecutor`, compio on its `Runtime`. On every one, `qd` tasks each loop
 //! "pick a random block, write it, await the completion, record the latency" until the
 //! deadline, so `qd` writes are in flight. Buffers are 4096-aligned and reused; each system
@@ -129,8 +129,6 @@ fn run_directfile(
         .map_err(|e| format!("{system}: open: {e}"))?;
     let pool = driver.buf_pool(config.qd, config.bs, file.alignment().buffer_align());
     let (bs, blocks) = (config.bs, config.blocks());
-    // block_on sets up its thread-local waker on first use: do that before measuring.
-    futures::executor::block_on(async {});
     let start = Instant::now();
     let deadline = start + config.runtime;
     let mut tasks = Vec::with_capacity(config.qd);
@@ -160,7 +158,7 @@ fn run_directfile(
             }
         });
     }
-    let results = futures::executor::block_on(futures::future::join_all(tasks));
+    let results = driver.block_on(futures::future::join_all(tasks));
     let elapsed = start.elapsed();
     merge(&system, results, elapsed)
 }
