@@ -31,7 +31,7 @@
 //! were owed to wake it: on the virtio disk here that cost 10-15 % of the IOPS at queue depth
 //! 32, each entry waiting for the next burst of completions.)
 
-use crate::sync::{fence, AtomicBool, Ordering};
+use crate::sync::{fence, AtomicBool, AtomicUsize, Condvar, Mutex, Ordering};
 
 pub(crate) struct SubmitGate {
     active: AtomicBool,
@@ -78,6 +78,105 @@ impl SubmitGate {
         self.active.store(false, Ordering::SeqCst);
         // Pairs with the fence in `may_leave_queued`.
         fence(Ordering::SeqCst);
+    }
+}
+
+/// How the reaper thread sleeps outside the kernel, and who wakes it.
+///
+/// It sleeps while it has nothing to do (`may_idle`): no future waits on a completion, or a
+/// thread in `Driver::block_on` owns the ring. A future that starts waiting (`unattended` up)
+/// wakes it with `kick`, unless an owner is there to reap; an owner leaving (`disown`) wakes it
+/// if anything was left unattended meanwhile. While an owner is there the reaper's sleep is
+/// timed (its watchdog); the loom model below checks that no wake-up depends on that timeout
+/// (loom's timed wait never times out).
+pub(crate) struct Standby {
+    /// The owning thread's token, or 0.
+    owner: AtomicUsize,
+    idle: AtomicBool,
+    lock: Mutex<()>,
+    wake: Condvar,
+}
+
+impl Standby {
+    pub(crate) fn new() -> Standby {
+        Standby {
+            owner: AtomicUsize::new(0),
+            idle: AtomicBool::new(false),
+            lock: Mutex::new(()),
+            wake: Condvar::new(),
+        }
+    }
+
+    /// The owner's token, or 0.
+    pub(crate) fn owner(&self) -> usize {
+        self.owner.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn owned(&self) -> bool {
+        self.owner() != 0
+    }
+
+    /// Makes `token` the owner if there is none.
+    pub(crate) fn try_own(&self, token: usize) -> bool {
+        self.owner
+            .compare_exchange(0, token, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok()
+    }
+
+    /// A future raised `unattended` (SeqCst) and now needs someone to reap.
+    pub(crate) fn kick(&self) {
+        // Orders the caller's raise of `unattended` before the loads below. (SeqCst accesses
+        // alone would do in the language's model; loom models them as acquire/release only,
+        // and found the lost wake-up without this fence.)
+        fence(Ordering::SeqCst);
+        // An owner reaps; it wakes the reaper when it leaves (`disown`), if need be. Either
+        // it saw our raise, or we see it gone.
+        if self.owned() {
+            return;
+        }
+        // Pairs with `sleep`'s store of `idle` then its look at `may_idle` (all SeqCst):
+        // either it sees the raise, or we see it idle and notify it under its lock, which it
+        // holds until it waits.
+        if self.idle.load(Ordering::SeqCst) {
+            self.notify();
+        }
+    }
+
+    /// The owner leaves; `unattended` says whether futures wait on completions.
+    pub(crate) fn disown(&self, unattended: impl Fn() -> usize) {
+        self.owner.store(0, Ordering::SeqCst);
+        // Pairs with `kick`, which skipped the reaper while we owned the ring.
+        fence(Ordering::SeqCst);
+        if unattended() > 0 {
+            self.notify();
+        }
+    }
+
+    /// Wakes the reaper if it sleeps.
+    pub(crate) fn notify(&self) {
+        let _guard = self.lock.lock().unwrap();
+        self.wake.notify_one();
+    }
+
+    /// The reaper: if `may_idle`, sleeps until notified (or `timeout`, while owned) and returns
+    /// true; else returns false at once.
+    pub(crate) fn sleep(&self, may_idle: impl Fn() -> bool, timeout: std::time::Duration) -> bool {
+        let guard = self.lock.lock().unwrap();
+        self.idle.store(true, Ordering::SeqCst);
+        // Pairs with the fence in `kick`.
+        fence(Ordering::SeqCst);
+        if !may_idle() {
+            self.idle.store(false, Ordering::SeqCst);
+            return false;
+        }
+        let guard = if self.owned() {
+            self.wake.wait_timeout(guard, timeout).unwrap().0
+        } else {
+            self.wake.wait(guard).unwrap()
+        };
+        self.idle.store(false, Ordering::SeqCst);
+        drop(guard);
+        true
     }
 }
 
@@ -227,5 +326,51 @@ mod loom_model {
     #[test]
     fn loom_gate_reaper_leaves_two_pushes() {
         run(2, true);
+    }
+
+    /// The reaper's sleep against `kick` and an owner leaving: a future starts waiting while a
+    /// `block_on` thread owns the ring, then the owner leaves. The reaper must end up awake
+    /// (it sleeps while owned or while nothing is unattended); a lost wake-up is a deadlock.
+    /// loom's timed wait never times out, so the watchdog cannot paper over one.
+    #[test]
+    fn loom_standby_owner_leaves_while_a_future_starts_waiting() {
+        loom::model(|| {
+            let standby = Arc::new(Standby::new());
+            let unattended = Arc::new(AtomicUsize::new(0));
+            assert!(standby.try_own(1));
+
+            let (s2, u2) = (standby.clone(), unattended.clone());
+            let future = loom::thread::spawn(move || {
+                u2.fetch_add(1, Ordering::SeqCst);
+                s2.kick();
+            });
+            let (s3, u3) = (standby.clone(), unattended.clone());
+            let owner = loom::thread::spawn(move || {
+                s3.disown(|| u3.load(Ordering::SeqCst));
+            });
+
+            let may_idle = || standby.owned() || unattended.load(Ordering::SeqCst) == 0;
+            while standby.sleep(may_idle, std::time::Duration::from_millis(1)) {}
+
+            future.join().unwrap();
+            owner.join().unwrap();
+        });
+    }
+
+    /// Without an owner: `kick` against the reaper going to sleep.
+    #[test]
+    fn loom_standby_kick_against_sleep() {
+        loom::model(|| {
+            let standby = Arc::new(Standby::new());
+            let unattended = Arc::new(AtomicUsize::new(0));
+            let (s2, u2) = (standby.clone(), unattended.clone());
+            let future = loom::thread::spawn(move || {
+                u2.fetch_add(1, Ordering::SeqCst);
+                s2.kick();
+            });
+            let may_idle = || standby.owned() || unattended.load(Ordering::SeqCst) == 0;
+            while standby.sleep(may_idle, std::time::Duration::from_millis(1)) {}
+            future.join().unwrap();
+        });
     }
 }

@@ -18,10 +18,10 @@
 //! model).
 #![allow(unsafe_code)]
 
-use super::gate::SubmitGate;
+use super::gate::{Standby, SubmitGate};
 use super::{Engine, Shared, Submission};
 use crate::op::slot::{OpDesc, SlotInner};
-use crate::sync::{AtomicBool, AtomicUsize, Condvar, Mutex, MutexGuard, Ordering};
+use crate::sync::{AtomicBool, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::Result;
 use io_uring::{opcode, types, IoUring};
 use std::io;
@@ -81,19 +81,13 @@ pub(crate) struct Uring {
     cq: Mutex<()>,
     has_ftruncate: bool,
     fixed: Mutex<FixedTable>,
-    /// The reaper sleeps on this condition variable, outside the kernel, while no completion
-    /// is unattended (see `Slots::unattended`), so a future that spins for its own completion
-    /// does not pay for waking the reaper too.
-    reaper_lock: Mutex<()>,
-    reaper_wake: Condvar,
-    reaper_idle: AtomicBool,
+    /// How the reaper thread sleeps outside the kernel and is woken (`gate.rs`), and which
+    /// `block_on` thread, if any, owns the ring.
+    standby: Standby,
     /// Whether a pushed entry may be left for the active reaper to submit.
     gate: SubmitGate,
     /// Entries left for the reaper since the last submission (see `SUBMIT_BATCH`).
     queued: AtomicUsize,
-    /// The token (`thread_token`) of the thread in `block_on` that is the reaper, or 0. While
-    /// it is set the reaper thread stands by.
-    owner: AtomicUsize,
     /// Times that thread entered the ring: the reaper thread's watchdog reads it.
     ring_visits: AtomicUsize,
 }
@@ -153,12 +147,9 @@ impl Uring {
                 capacity,
                 used: vec![false; capacity as usize],
             }),
-            reaper_lock: Mutex::new(()),
-            reaper_wake: Condvar::new(),
-            reaper_idle: AtomicBool::new(false),
+            standby: Standby::new(),
             gate: SubmitGate::new(),
             queued: AtomicUsize::new(0),
-            owner: AtomicUsize::new(0),
             ring_visits: AtomicUsize::new(0),
         })
     }
@@ -308,7 +299,7 @@ impl Uring {
         // While a `block_on` thread is the reaper, only its own entries wait for it: it may be
         // busy in user code for a while. (Refusing to leave an entry is always safe.)
         if self.gate.may_leave_queued() && {
-            let owner = self.owner.load(Ordering::SeqCst);
+            let owner = self.standby.owner();
             owner == 0 || owner == thread_token()
         } {
             // At most SUBMIT_BATCH entries wait for the reaper: the one that makes the batch
@@ -403,20 +394,8 @@ impl Uring {
     fn idle(&self, shared: &Shared) {
         let mut last_visits = self.ring_visits.load(Ordering::SeqCst);
         loop {
-            {
-                let mut guard = self.reaper_lock.lock().unwrap();
-                self.reaper_idle.store(true, Ordering::SeqCst);
-                if !self.may_idle(shared) {
-                    self.reaper_idle.store(false, Ordering::SeqCst);
-                    return;
-                }
-                guard = if self.owned() {
-                    self.reaper_wake.wait_timeout(guard, WATCHDOG).unwrap().0
-                } else {
-                    self.reaper_wake.wait(guard).unwrap()
-                };
-                self.reaper_idle.store(false, Ordering::SeqCst);
-                drop(guard);
+            if !self.standby.sleep(|| self.may_idle(shared), WATCHDOG) {
+                return;
             }
             if !self.owned() {
                 continue;
@@ -452,7 +431,7 @@ impl Uring {
 
     /// Whether a thread in `block_on` is the reaper.
     fn owned(&self) -> bool {
-        self.owner.load(Ordering::SeqCst) != 0
+        self.standby.owned()
     }
 
     /// Whether a future polled on this thread may spin for its completion: not on the thread
@@ -460,24 +439,14 @@ impl Uring {
     /// ring (and spins there, `spin_for_one`). Elsewhere a spinning future sees its completion
     /// whoever records it: itself inline, the reaper thread, or the owner.
     pub(crate) fn may_spin(&self) -> bool {
-        self.owner.load(Ordering::Relaxed) != thread_token()
+        self.standby.owner() != thread_token()
     }
 
     /// Wakes the reaper if it sleeps: called after a slot became unattended.
     pub(crate) fn kick(&self) {
-        // A `block_on` thread reaps (this thread's watchdog covers it if it does not); it
-        // wakes the reaper when it leaves if anything is unattended. Pairs with `Owner::drop`:
-        // `unattended` was raised (SeqCst) before this load.
-        if self.owned() {
-            return;
-        }
-        // Pairs with the reaper's store of `reaper_idle` then load of `unattended` (both
-        // SeqCst): either it sees the new unattended slot, or we see it idle and notify it
-        // under its lock, which it holds until it waits.
-        if self.reaper_idle.load(Ordering::SeqCst) {
-            let _guard = self.reaper_lock.lock().unwrap();
-            self.reaper_wake.notify_one();
-        }
+        // Not while a `block_on` thread owns the ring: it reaps (and the reaper's watchdog
+        // covers it if it does not come back).
+        self.standby.kick();
     }
 
     pub(crate) fn cancel(&self, shared: &Shared, index: u32, generation: u32) {
@@ -493,8 +462,7 @@ impl Uring {
     /// Posts a no-op so the reaper returns from its wait and sees the shutdown flag.
     pub(crate) fn wake_reaper(&self) {
         self.post_wake();
-        let _guard = self.reaper_lock.lock().unwrap();
-        self.reaper_wake.notify_one();
+        self.standby.notify();
     }
 
     /// Records every completion in the queue, unless another thread is reaping (it will record
@@ -695,13 +663,8 @@ impl Uring {
              completions; a waker must not block"
         );
         let me = thread_token();
-        let outermost = self.owner.load(Ordering::SeqCst) != me;
-        if outermost
-            && self
-                .owner
-                .compare_exchange(0, me, Ordering::SeqCst, Ordering::SeqCst)
-                .is_err()
-        {
+        let outermost = self.standby.owner() != me;
+        if outermost && !self.standby.try_own(me) {
             return Err(fut);
         }
         let mut owner = Owner {
@@ -724,8 +687,7 @@ impl Uring {
             owner.established = true;
             drop(cq);
             // The reaper thread may sleep without a timeout: have it start watching.
-            let _guard = self.reaper_lock.lock().unwrap();
-            self.reaper_wake.notify_one();
+            self.standby.notify();
         }
         let local = Arc::new(LocalWake {
             notified: AtomicBool::new(true),
@@ -805,15 +767,9 @@ impl Drop for Owner<'_> {
             // Rule 2 of `gate.rs`: entries this thread left are submitted below.
             u.gate.deactivate();
         }
-        u.owner.store(0, Ordering::SeqCst);
-        // Pairs with `kick`, which skipped waking the reaper thread while we owned the ring:
-        // either it saw the owner cleared, or we see what it left unattended.
-        std::sync::atomic::fence(Ordering::SeqCst);
+        // Entries this thread left (`queued`) go in now, before the reaper may take over.
         u.queued.store(0, Ordering::Relaxed);
         u.enter_submit(Some(self.shared));
-        if self.shared.slots.unattended() > 0 {
-            let _guard = u.reaper_lock.lock().unwrap();
-            u.reaper_wake.notify_one();
-        }
+        u.standby.disown(|| self.shared.slots.unattended());
     }
 }
