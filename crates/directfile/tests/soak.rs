@@ -28,10 +28,12 @@ fn soak_at_depth_256_with_cancellations() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(200_000);
-    // Each driver on a generic executor, then on `Driver::block_on`.
-    for (driver, own_executor) in drivers()
-        .into_iter()
-        .flat_map(|d| [(d.clone(), false), (d, true)])
+    // Each driver on a generic executor, then on `Driver::block_on`. All live to the end: a
+    // dropped driver closes its ring on its own thread, which the descriptor count would see.
+    let all = drivers();
+    for (driver, own_executor) in all
+        .iter()
+        .flat_map(|d| [(d.clone(), false), (d.clone(), true)])
     {
         let file = scratch_file(&driver, "soak");
         let pool = driver.buf_pool(DEPTH, 4096, 4096);
