@@ -287,11 +287,15 @@ fn nested_block_on_of_two_drivers() {
         let other = {
             let outer = outer.clone();
             let (tx, rx) = std::sync::mpsc::channel::<()>();
+            let (owns_tx, owns_rx) = std::sync::mpsc::channel::<()>();
             let t = std::thread::spawn(move || {
                 outer.block_on(async {
+                    // Polled, so this thread owns the outer ring from here on.
+                    owns_tx.send(()).unwrap();
                     rx.recv().unwrap();
                 })
             });
+            owns_rx.recv().unwrap();
             (t, tx)
         };
         let total = outer.block_on(async {

@@ -49,6 +49,11 @@ impl SubmitGate {
     /// The pusher's side, after its entry is in the queue (tail stored): whether it may leave
     /// the entry for the reaper. If not, it must `io_uring_enter` itself.
     pub(crate) fn may_leave_queued(&self) -> bool {
+        // No reaper active, the common case at low queue depth: submit, without the fence.
+        // (A stale `false` only makes the pusher submit itself, which is always safe.)
+        if !self.active.load(Ordering::Relaxed) {
+            return false;
+        }
         // Pairs with the fences in `entering` and `deactivate`.
         fence(Ordering::SeqCst);
         self.active.load(Ordering::SeqCst) && !self.in_kernel.load(Ordering::SeqCst)

@@ -49,6 +49,18 @@ thread_local! {
     static DRAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
+/// How `enter_submit` makes room when the completion queue is backed up.
+#[derive(Clone, Copy)]
+enum Room<'a> {
+    /// Let others reap: the caller holds a lock that reaping must not run under (wakers run
+    /// user code).
+    Wait,
+    /// Reap unless another thread does.
+    Reap(&'a Shared),
+    /// Record completions: the caller holds the `cq` lock.
+    Drain(&'a Shared),
+}
+
 /// The most entries left queued for the reaper's next `io_uring_enter`; the pusher that fills
 /// the batch submits it. Unbounded batches made completions arrive in waves that kept the
 /// device's queue half empty between them (README, "What was tried").
@@ -197,7 +209,7 @@ impl Uring {
                     u.queued.store(0, Ordering::Relaxed);
                     let waited = u.ring.submitter().submit_and_wait(1);
                     u.gate.left_kernel();
-                    u.check_enter(waited, "io_uring_enter(GETEVENTS)");
+                    Uring::check_enter(waited, "io_uring_enter(GETEVENTS)");
                     u.drain(&shared);
                 }
                 if let Some(guard) = cq.take() {
@@ -291,7 +303,7 @@ impl Uring {
                 // submitted yet): submit. No reaping here: it would run wakers (user code)
                 // under the `sq` lock.
                 sq.sync();
-                self.enter_submit(None);
+                self.enter_submit(Room::Wait);
                 sq.sync();
             }
             sq.sync();
@@ -309,7 +321,7 @@ impl Uring {
             }
             self.queued.store(0, Ordering::Relaxed);
         }
-        self.enter_submit(Some(shared));
+        self.enter_submit(Room::Reap(shared));
         Ok(())
     }
 
@@ -318,29 +330,13 @@ impl Uring {
     fn deactivate(&self, shared: &Shared, cq: MutexGuard<'_, ()>) {
         self.gate.deactivate();
         drop(cq);
-        self.enter_submit(Some(shared));
-    }
-
-    /// `io_uring_enter` to submit what is queued, for a caller that holds the `cq` lock: on
-    /// EBUSY/EAGAIN it records completions itself to make room, and retries.
-    fn submit_holding_cq(&self, shared: &Shared) {
-        loop {
-            match self.ring.submit() {
-                Ok(_) => return,
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR)) => {}
-                Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
-                    self.drain(shared);
-                    std::thread::yield_now();
-                }
-                Err(e) => panic!("io_uring_enter(submit) failed: {e}"),
-            }
-        }
+        self.enter_submit(Room::Reap(shared));
     }
 
     /// The result of a waiting `io_uring_enter`: transient refusals (a signal, completions
     /// backed up, no memory for a request) come back to the caller's loop, which drains and
     /// enters again; anything else can only be our bug.
-    fn check_enter(&self, result: io::Result<usize>, what: &str) {
+    fn check_enter(result: io::Result<usize>, what: &str) {
         match result {
             Ok(_) => {}
             Err(e)
@@ -355,17 +351,18 @@ impl Uring {
         }
     }
 
-    /// `io_uring_enter` to submit what is queued. On EBUSY/EAGAIN (completions backed up), reaps
-    /// when `shared` is given (never while a lock is held: reaping runs wakers) and retries.
-    fn enter_submit(&self, shared: Option<&Shared>) {
+    /// `io_uring_enter` to submit what is queued. On EBUSY/EAGAIN (completions backed up) it
+    /// makes room as `room` says, and retries.
+    fn enter_submit(&self, room: Room<'_>) {
         loop {
             match self.ring.submit() {
                 Ok(_) => return,
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR)) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EBUSY | libc::EAGAIN)) => {
-                    // The completion queue is busy: make room (or let others) and retry.
-                    if let Some(shared) = shared {
-                        self.reap(shared);
+                    match room {
+                        Room::Wait => {}
+                        Room::Reap(shared) => self.reap(shared),
+                        Room::Drain(shared) => self.drain(shared),
                     }
                     std::thread::yield_now();
                 }
@@ -392,7 +389,7 @@ impl Uring {
     /// look (it runs long user code, or blocks, perhaps on this very driver's I/O), reaps and
     /// submits for it once: a late completion, never a hang.
     fn idle(&self, shared: &Shared) {
-        let mut last_visits = self.ring_visits.load(Ordering::SeqCst);
+        let mut last_visits = self.ring_visits.load(Ordering::Relaxed);
         loop {
             if !self.standby.sleep(|| self.may_idle(shared), WATCHDOG) {
                 return;
@@ -400,13 +397,13 @@ impl Uring {
             if !self.owned() {
                 continue;
             }
-            let visits = self.ring_visits.load(Ordering::SeqCst);
+            let visits = self.ring_visits.load(Ordering::Relaxed);
             if visits == last_visits {
                 // Not back in the ring for a whole period. If it is in there right now it
                 // holds the lock, and all is well.
                 if let Some(_cq) = self.try_lock_cq() {
                     self.drain(shared);
-                    self.submit_holding_cq(shared);
+                    self.enter_submit(Room::Drain(shared));
                 }
             }
             last_visits = visits;
@@ -574,11 +571,11 @@ pub fn io_uring_status() -> std::result::Result<(), String> {
 }
 
 /// The waker of [`Uring::block_on`]: records the wake-up; if the thread waits in the ring,
-/// posts a no-op whose completion ends the wait, else unparks it.
+/// posts a no-op whose completion ends the wait. (The thread never parks: out of the ring it
+/// polls, or is about to look at `notified` before it waits.)
 struct LocalWake {
     notified: AtomicBool,
     in_ring: AtomicBool,
-    thread: std::thread::Thread,
     shared: std::sync::Weak<Shared>,
 }
 
@@ -601,7 +598,6 @@ impl std::task::Wake for LocalWake {
                 }
             }
         }
-        self.thread.unpark();
     }
 }
 
@@ -616,19 +612,19 @@ impl Uring {
             // SAFETY: a no-op holds no pointers.
             while unsafe { sq.push(&entry) }.is_err() {
                 sq.sync();
-                self.enter_submit(None);
+                self.enter_submit(Room::Wait);
                 sq.sync();
             }
             sq.sync();
         }
-        self.enter_submit(None);
+        self.enter_submit(Room::Wait);
     }
 
     /// Submits what is queued, then waits up to `shared.spin` for a completion without
     /// sleeping. The caller holds the `cq` lock. Returns whether a completion arrived.
     fn spin_for_one(&self, shared: &Shared) -> bool {
         self.queued.store(0, Ordering::Relaxed);
-        self.submit_holding_cq(shared);
+        self.enter_submit(Room::Drain(shared));
         let start = std::time::Instant::now();
         loop {
             // SAFETY: the caller holds the `cq` mutex, so no other CompletionQueue exists.
@@ -692,7 +688,6 @@ impl Uring {
         let local = Arc::new(LocalWake {
             notified: AtomicBool::new(true),
             in_ring: AtomicBool::new(false),
-            thread: std::thread::current(),
             shared: Arc::downgrade(shared),
         });
         let waker = std::task::Waker::from(local.clone());
@@ -709,13 +704,13 @@ impl Uring {
                     // Woken while polled (it may wake itself): poll again, but first submit
                     // what it queued, or a future that yields in a loop would starve its I/O.
                     if self.queued.swap(0, Ordering::Relaxed) > 0 {
-                        self.enter_submit(Some(shared));
+                        self.enter_submit(Room::Reap(shared));
                     }
                     continue;
                 }
             }
             let cq = self.lock_cq();
-            self.ring_visits.fetch_add(1, Ordering::SeqCst);
+            self.ring_visits.fetch_add(1, Ordering::Relaxed);
             // One operation in flight: submit it and watch the completion queue for a short
             // while, as a future does on other executors (`Op::poll`): cheaper than sleeping
             // in the kernel and being woken, on these machines.
@@ -731,12 +726,12 @@ impl Uring {
             self.gate.entering();
             self.queued.store(0, Ordering::Relaxed);
             if local.notified.load(Ordering::SeqCst) {
-                self.submit_holding_cq(shared);
+                self.enter_submit(Room::Drain(shared));
             } else {
                 // Submit what our futures queued and wait for one completion (ours, another
                 // thread's, or a waker's no-op).
                 let waited = self.ring.submitter().submit_and_wait(1);
-                self.check_enter(waited, "io_uring_enter(GETEVENTS)");
+                Uring::check_enter(waited, "io_uring_enter(GETEVENTS)");
             }
             self.gate.left_kernel();
             local.in_ring.store(false, Ordering::SeqCst);
@@ -769,7 +764,7 @@ impl Drop for Owner<'_> {
         }
         // Entries this thread left (`queued`) go in now, before the reaper may take over.
         u.queued.store(0, Ordering::Relaxed);
-        u.enter_submit(Some(self.shared));
+        u.enter_submit(Room::Reap(self.shared));
         u.standby.disown(|| self.shared.slots.unattended());
     }
 }
