@@ -150,3 +150,81 @@ fn random_writes_with_cancellations_match_the_model() {
         }
     }
 }
+
+/// Several threads at queue depth 1 on one driver, on three kinds of executor: each spins for
+/// its own completion (entering the ring when io_uring says completions wait for it) while the
+/// others push. Every write is read back at once. A submission queue touched outside its lock
+/// once made the kernel run stale entries again: data from freed buffers, or a hang.
+#[test]
+fn threads_at_depth_one_on_one_driver_read_back_their_writes() {
+    const THREADS: u64 = 6;
+    const ROUNDS: u64 = 2_000;
+    const UNITS: u64 = 16;
+    for driver in drivers() {
+        let dir = scratch_dir("integrity-qd1");
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .driver(&driver)
+            .open(dir.join("data"))
+            .unwrap();
+        let unit = file.alignment().offset;
+        // This thread only waits in the ring (the driver's reaper, `Driver::block_on`): with
+        // one operation in flight it spins on the completion queue while the workers push.
+        let (done_tx, mut done_rx) = futures::channel::mpsc::unbounded::<Option<u64>>();
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (driver, file, done_tx) = (driver.clone(), file.clone(), done_tx.clone());
+                std::thread::spawn(move || {
+                    let work = async {
+                        let mut buf = file.alloc_buf(unit);
+                        let mut back = file.alloc_buf(unit);
+                        for r in 0..ROUNDS {
+                            let u = t * UNITS + r % UNITS;
+                            buf.set_len(unit);
+                            fill(&mut buf, t * ROUNDS + r + 1, u as usize, unit);
+                            let (n, b) = file.write_at(buf, u * unit as u64).await;
+                            assert_eq!(n.unwrap(), unit);
+                            buf = b;
+                            back.set_len(unit);
+                            let (n, b) = file.read_at(back, u * unit as u64).await;
+                            assert_eq!(n.unwrap(), unit);
+                            back = b;
+                            assert!(back[..] == buf[..], "thread {t} round {r}: read other data");
+                        }
+                    };
+                    let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        match t % 3 {
+                            0 => futures::executor::block_on(work),
+                            1 => driver.block_on(work),
+                            _ => tokio::runtime::Builder::new_current_thread()
+                                .build()
+                                .unwrap()
+                                .block_on(work),
+                        }
+                    }));
+                    done_tx.unbounded_send(Some(t)).unwrap();
+                    if let Err(panic) = finished {
+                        std::panic::resume_unwind(panic);
+                    }
+                })
+            })
+            .collect();
+        // A hang fails the test instead of stalling the suite.
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_secs(60));
+            let _ = done_tx.unbounded_send(None);
+        });
+        driver.block_on(async {
+            use futures::StreamExt;
+            for _ in 0..THREADS {
+                let done = done_rx.next().await.flatten();
+                assert!(done.is_some(), "threads at depth 1 hang on {}", driver.backend());
+            }
+        });
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}

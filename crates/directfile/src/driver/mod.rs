@@ -344,6 +344,15 @@ impl Engine {
         }
     }
 
+    /// For a thread that spins for a completion: posts the completions whose kernel work
+    /// waits for this thread to enter the kernel (io_uring's cooperative task running).
+    pub(crate) fn run_task_work(&self) {
+        match self {
+            Engine::Uring(u) => u.run_task_work(),
+            Engine::Threads(_) => {}
+        }
+    }
+
     /// Records the completions that are ready, on the calling thread, without blocking.
     pub(crate) fn reap(&self, shared: &Shared) {
         match self {

@@ -131,7 +131,15 @@ impl Uring {
         let ring = IoUring::builder()
             .setup_cqsize(cq_entries)
             .setup_submit_all()
+            .setup_coop_taskrun()
+            .setup_taskrun_flag()
             .build(entries)
+            .or_else(|_| {
+                IoUring::builder()
+                    .setup_cqsize(cq_entries)
+                    .setup_submit_all()
+                    .build(entries)
+            })
             .or_else(|_| IoUring::builder().setup_cqsize(cq_entries).build(entries))
             .map_err(|e| explain_setup_error(&e))?;
         let mut probe = io_uring::Probe::new();
@@ -289,25 +297,19 @@ impl Uring {
     /// transient refusals (EBUSY, EAGAIN, EINTR) are retried after reaping; anything else can
     /// only be our bug and panics. Errors of the operation itself arrive as its completion.
     pub(crate) fn submit(&self, shared: &Shared, entry: &io_uring::squeue::Entry) -> Result<()> {
-        {
-            let _guard = self.sq.lock().unwrap();
-            // SAFETY: the `sq` mutex is held, so no other SubmissionQueue exists.
-            let mut sq = unsafe { self.ring.submission_shared() };
-            loop {
-                // SAFETY: the entry's pointers (buffers, iovecs) are owned by a slot that is
-                // InFlight and keeps them until this entry's completion is reaped.
-                if unsafe { sq.push(entry) }.is_ok() {
-                    break;
-                }
-                // Queue full (others pushed and left their entries to the reaper, or have not
-                // submitted yet): submit. No reaping here: it would run wakers (user code)
-                // under the `sq` lock.
-                sq.sync();
-                self.enter_submit(Room::Wait);
-                sq.sync();
+        self.with_sq(|sq| loop {
+            // SAFETY: the entry's pointers (buffers, iovecs) are owned by a slot that is
+            // InFlight and keeps them until this entry's completion is reaped.
+            if unsafe { sq.push(entry) }.is_ok() {
+                break;
             }
+            // Queue full (others pushed and left their entries to the reaper, or have not
+            // submitted yet): submit. No reaping here: it would run wakers (user code) under
+            // the `sq` lock.
             sq.sync();
-        }
+            self.enter_submit(Room::Wait);
+            sq.sync();
+        });
         // While a `block_on` thread is the reaper, only its own entries wait for it: it may be
         // busy in user code for a while. (Refusing to leave an entry is always safe.)
         if self.gate.may_leave_queued() && {
@@ -470,6 +472,34 @@ impl Uring {
         }
     }
 
+    /// Runs `f` on the submission queue, under the `sq` lock. The only way this driver touches
+    /// the queue: a `SubmissionQueue` stores its tail when dropped, so one that outlived the
+    /// lock would write a stale tail over another thread's push, and the kernel would run old
+    /// entries again. (Edition 2021 keeps a temporary of a block's tail expression alive past
+    /// the block's locals, the guard included: that happened once.)
+    fn with_sq<R>(&self, f: impl FnOnce(&mut io_uring::SubmissionQueue<'_>) -> R) -> R {
+        let guard = self.sq.lock().unwrap_or_else(|p| p.into_inner());
+        // SAFETY: the `sq` mutex is held until after `sq` is dropped (explicitly, below), so
+        // no other SubmissionQueue of this ring exists meanwhile.
+        let mut sq = unsafe { self.ring.submission_shared() };
+        let result = f(&mut sq);
+        sq.sync();
+        drop(sq);
+        drop(guard);
+        result
+    }
+
+    /// With IORING_SETUP_COOP_TASKRUN, the completions of entries this thread submitted are
+    /// posted when it enters the kernel: a thread that spins in user space for one must enter
+    /// it when the ring says such work waits (IORING_SQ_TASKRUN).
+    pub(crate) fn run_task_work(&self) {
+        if self.with_sq(|sq| sq.taskrun()) {
+            // SAFETY: to_submit 0, min_complete 0, IORING_ENTER_GETEVENTS (1), no argument:
+            // the call reads and writes no memory of ours.
+            let _ = unsafe { self.ring.submitter().enter::<libc::sigset_t>(0, 0, 1, None) };
+        }
+    }
+
     /// Records every completion in the queue. The caller holds the `cq` lock.
     fn drain(&self, shared: &Shared) {
         struct Draining(bool);
@@ -605,18 +635,14 @@ impl Uring {
     /// Posts a no-op whose completion returns a waiter from `io_uring_enter`.
     fn post_wake(&self) {
         let entry = opcode::Nop::new().build().user_data(TAG_WAKE);
-        {
-            let _guard = self.sq.lock().unwrap();
-            // SAFETY: the `sq` mutex is held, so no other SubmissionQueue exists.
-            let mut sq = unsafe { self.ring.submission_shared() };
+        self.with_sq(|sq| {
             // SAFETY: a no-op holds no pointers.
             while unsafe { sq.push(&entry) }.is_err() {
                 sq.sync();
                 self.enter_submit(Room::Wait);
                 sq.sync();
             }
-            sq.sync();
-        }
+        });
         self.enter_submit(Room::Wait);
     }
 
@@ -627,6 +653,7 @@ impl Uring {
         self.enter_submit(Room::Drain(shared));
         let start = std::time::Instant::now();
         loop {
+            self.run_task_work();
             // SAFETY: the caller holds the `cq` mutex, so no other CompletionQueue exists.
             if !unsafe { self.ring.completion_shared() }.is_empty() {
                 return true;

@@ -152,6 +152,7 @@ impl Future for Op {
                     break;
                 }
                 std::hint::spin_loop();
+                shared.engine.run_task_work();
                 shared.engine.reap(shared);
             }
         }
