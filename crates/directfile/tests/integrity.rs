@@ -194,16 +194,15 @@ fn threads_at_depth_one_on_one_driver_read_back_their_writes() {
                             assert!(back[..] == buf[..], "thread {t} round {r}: read other data");
                         }
                     };
-                    let finished = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        match t % 3 {
+                    let finished =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match t % 3 {
                             0 => futures::executor::block_on(work),
                             1 => driver.block_on(work),
                             _ => tokio::runtime::Builder::new_current_thread()
                                 .build()
                                 .unwrap()
                                 .block_on(work),
-                        }
-                    }));
+                        }));
                     done_tx.unbounded_send(Some(t)).unwrap();
                     if let Err(panic) = finished {
                         std::panic::resume_unwind(panic);
@@ -220,7 +219,11 @@ fn threads_at_depth_one_on_one_driver_read_back_their_writes() {
             use futures::StreamExt;
             for _ in 0..THREADS {
                 let done = done_rx.next().await.flatten();
-                assert!(done.is_some(), "threads at depth 1 hang on {}", driver.backend());
+                assert!(
+                    done.is_some(),
+                    "threads at depth 1 hang on {}",
+                    driver.backend()
+                );
             }
         });
         for t in threads {
