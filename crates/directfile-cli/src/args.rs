@@ -178,8 +178,9 @@ pub struct BenchArgs {
     pub backend: BackendArg,
 
     /// What drives directfile's futures: `own` is `Driver::block_on`, which waits in the ring
-    /// on io_uring; `futures` is `futures::executor::block_on`, a generic executor that parks
-    /// in a futex while the driver's reaper thread waits for completions.
+    /// on io_uring (with cooperative completions on, as they suit it); `futures` is
+    /// `futures::executor::block_on`, a generic executor that parks in a futex while the
+    /// driver's reaper thread waits for completions (the driver's defaults).
     #[arg(long, value_enum, default_value_t = ExecutorArg::Own)]
     pub executor: ExecutorArg,
 

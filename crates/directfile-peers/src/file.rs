@@ -114,9 +114,11 @@ fn run_directfile(
 ) -> Result<Run, String> {
     use directfile::{Driver, OpenOptions};
     let system = format!("directfile-{choice:?}").to_lowercase();
+    // Run on `Driver::block_on` (below): the thread that submits is the one that waits.
     let driver = Driver::builder()
         .queue_depth(config.qd)
         .backend(choice)
+        .cooperative_completions(true)
         .build()
         .map_err(|e| format!("{system}: cannot start the driver: {e}"))?;
     let file = OpenOptions::new()

@@ -18,8 +18,10 @@ use crate::bench::workload::{OffsetGenerator, SplitMix64, Workload};
 use crate::bench::Backend;
 use crate::error::{cli_error, CliResult};
 
-/// Builds a driver with `qd` slots for `backend` (Auto, Uring or Threads).
-fn driver_for(backend: Backend, queue_depth: usize) -> CliResult<Driver> {
+/// Builds a driver with `qd` slots for `backend` (Auto, Uring or Threads). On
+/// `Driver::block_on` (`own_executor`) every operation is submitted and waited for by the one
+/// thread that runs it, which is what cooperative completions need: they are on there.
+fn driver_for(backend: Backend, queue_depth: usize, own_executor: bool) -> CliResult<Driver> {
     let choice = match backend {
         Backend::Uring => BackendChoice::Uring,
         Backend::Threads => BackendChoice::Threads,
@@ -28,6 +30,7 @@ fn driver_for(backend: Backend, queue_depth: usize) -> CliResult<Driver> {
     Driver::builder()
         .queue_depth(queue_depth)
         .backend(choice)
+        .cooperative_completions(own_executor)
         .build()
         .map_err(|err| {
             cli_error!(
@@ -89,7 +92,7 @@ async fn worker(
 
 /// Runs `workload` on `path` through directfile with `backend`.
 pub fn run(backend: Backend, path: &Path, workload: &Workload) -> CliResult<Measurement> {
-    let driver = driver_for(backend, workload.qd)?;
+    let driver = driver_for(backend, workload.qd, workload.own_executor)?;
     let name = if workload.own_executor {
         driver.backend().to_string()
     } else {

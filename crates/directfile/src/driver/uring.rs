@@ -102,6 +102,8 @@ pub(crate) struct Uring {
     queued: AtomicUsize,
     /// Times that thread entered the ring: the reaper thread's watchdog reads it.
     ring_visits: AtomicUsize,
+    /// The ring runs with IORING_SETUP_COOP_TASKRUN (asked for, and the kernel has it).
+    cooperative: bool,
 }
 
 /// What to tell the user when `io_uring_setup` fails.
@@ -120,7 +122,7 @@ fn explain_setup_error(e: &io::Error) -> String {
 
 impl Uring {
     /// Makes a ring for `slots` operations and checks that the kernel has every opcode we use.
-    pub(crate) fn new(slots: usize) -> std::result::Result<Uring, String> {
+    pub(crate) fn new(slots: usize, cooperative: bool) -> std::result::Result<Uring, String> {
         let entries = (slots as u32).next_power_of_two().clamp(8, 4096);
         // Every slot can have its operation and one cancel request outstanding, plus wake-ups:
         // a completion queue of 2 x slots + 16 (rounded up) never overflows. The builder caps
@@ -128,20 +130,28 @@ impl Uring {
         let cq_entries = (2 * slots as u32 + 16).next_power_of_two().max(entries * 2);
         // IORING_SETUP_SUBMIT_ALL (5.18): keep submitting past an entry that fails at prep, so
         // no entry pushed by another thread is left in the queue.
-        let ring = IoUring::builder()
-            .setup_cqsize(cq_entries)
-            .setup_submit_all()
-            .setup_coop_taskrun()
-            .setup_taskrun_flag()
-            .build(entries)
-            .or_else(|_| {
-                IoUring::builder()
-                    .setup_cqsize(cq_entries)
-                    .setup_submit_all()
-                    .build(entries)
-            })
-            .or_else(|_| IoUring::builder().setup_cqsize(cq_entries).build(entries))
-            .map_err(|e| explain_setup_error(&e))?;
+        // IORING_SETUP_COOP_TASKRUN | TASKRUN_FLAG (5.19), when asked for: see
+        // `DriverBuilder::cooperative_completions` and `run_task_work`.
+        let build = |submit_all: bool, coop: bool| {
+            let mut builder = IoUring::builder();
+            builder.setup_cqsize(cq_entries);
+            if submit_all {
+                builder.setup_submit_all();
+            }
+            if coop {
+                builder.setup_coop_taskrun().setup_taskrun_flag();
+            }
+            builder.build(entries)
+        };
+        let (ring, cooperative) = match cooperative.then(|| build(true, true)) {
+            Some(Ok(ring)) => (ring, true),
+            _ => (
+                build(true, false)
+                    .or_else(|_| build(false, false))
+                    .map_err(|e| explain_setup_error(&e))?,
+                false,
+            ),
+        };
         let mut probe = io_uring::Probe::new();
         ring.submitter()
             .register_probe(&mut probe)
@@ -171,6 +181,7 @@ impl Uring {
             gate: SubmitGate::new(),
             queued: AtomicUsize::new(0),
             ring_visits: AtomicUsize::new(0),
+            cooperative,
         })
     }
 
@@ -489,11 +500,33 @@ impl Uring {
         result
     }
 
-    /// With IORING_SETUP_COOP_TASKRUN, the completions of entries this thread submitted are
-    /// posted when it enters the kernel: a thread that spins in user space for one must enter
-    /// it when the ring says such work waits (IORING_SQ_TASKRUN).
-    pub(crate) fn run_task_work(&self) {
-        if self.with_sq(|sq| sq.taskrun()) {
+    /// `with_sq` if the `sq` lock is free; `None` (and `f` not run) if another thread holds it.
+    fn try_with_sq<R>(&self, f: impl FnOnce(&mut io_uring::SubmissionQueue<'_>) -> R) -> Option<R> {
+        let guard = match self.sq.try_lock() {
+            Ok(guard) => guard,
+            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
+            Err(std::sync::TryLockError::WouldBlock) => return None,
+        };
+        // SAFETY: as in `with_sq`: the lock is held until after `sq` is dropped.
+        let mut sq = unsafe { self.ring.submission_shared() };
+        let result = f(&mut sq);
+        drop(sq);
+        drop(guard);
+        Some(result)
+    }
+
+    /// With cooperative completions (IORING_SETUP_COOP_TASKRUN), the kernel posts the
+    /// completions of the entries a thread submitted when that thread next enters the kernel
+    /// (or wakes it, if it sleeps): a thread that polls or spins for one in user space enters
+    /// the ring when the ring flags such work (IORING_SQ_TASKRUN), or always if `force`. The
+    /// flag is read only if the `sq` lock is free: this runs with the `cq` lock held
+    /// (`spin_for_one`), and a pusher may hold `sq` while it waits for the completion queue to
+    /// drain. A missed look is made up by the next, or the next forced entry.
+    pub(crate) fn run_task_work(&self, force: bool) {
+        if !self.cooperative {
+            return;
+        }
+        if force || self.try_with_sq(|sq| sq.taskrun()).unwrap_or(false) {
             // SAFETY: to_submit 0, min_complete 0, IORING_ENTER_GETEVENTS (1), no argument:
             // the call reads and writes no memory of ours.
             let _ = unsafe { self.ring.submitter().enter::<libc::sigset_t>(0, 0, 1, None) };
@@ -597,7 +630,7 @@ impl Uring {
 
 /// Whether io_uring works here, and why not if it does not (for `probe`).
 pub fn io_uring_status() -> std::result::Result<(), String> {
-    Uring::new(8).map(drop)
+    Uring::new(8, false).map(drop)
 }
 
 /// The waker of [`Uring::block_on`]: records the wake-up; if the thread waits in the ring,
@@ -652,8 +685,10 @@ impl Uring {
         self.queued.store(0, Ordering::Relaxed);
         self.enter_submit(Room::Drain(shared));
         let start = std::time::Instant::now();
+        let mut spins = 0u32;
         loop {
-            self.run_task_work();
+            spins = spins.wrapping_add(1);
+            self.run_task_work(spins % crate::op::FORCE_TASK_WORK == 0);
             // SAFETY: the caller holds the `cq` mutex, so no other CompletionQueue exists.
             if !unsafe { self.ring.completion_shared() }.is_empty() {
                 return true;
@@ -733,6 +768,9 @@ impl Uring {
                     if self.queued.swap(0, Ordering::Relaxed) > 0 {
                         self.enter_submit(Room::Reap(shared));
                     }
+                    // With cooperative completions, post those that wait for this thread
+                    // (the entries it submitted): it does not enter the ring on this path.
+                    self.run_task_work(false);
                     continue;
                 }
             }

@@ -24,8 +24,9 @@ pub fn scratch_dir(name: &str) -> PathBuf {
 }
 
 /// The drivers the suite runs on: io_uring (when this machine can make a ring; otherwise the
-/// reason is printed and only the thread pool runs) and the thread pool. `DIRECTFILE_BACKEND`
-/// narrows the list to one.
+/// reason is printed and only the thread pool runs), io_uring with cooperative completions,
+/// and the thread pool. `DIRECTFILE_BACKEND` narrows the list to the io_uring drivers
+/// (`uring`) or the thread pool (`threads`).
 pub fn drivers() -> Vec<Driver> {
     drivers_with(|b| b)
 }
@@ -35,14 +36,18 @@ pub fn drivers_with(
 ) -> Vec<Driver> {
     let only = std::env::var("DIRECTFILE_BACKEND").ok();
     let mut out = Vec::new();
-    for (name, choice) in [
-        ("uring", BackendChoice::Uring),
-        ("threads", BackendChoice::Threads),
+    for (name, choice, cooperative) in [
+        ("uring", BackendChoice::Uring, false),
+        ("uring-coop", BackendChoice::Uring, true),
+        ("threads", BackendChoice::Threads, false),
     ] {
-        if only.as_deref().is_some_and(|o| o != name) {
+        if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
             continue;
         }
-        match configure(Driver::builder().backend(choice)).build() {
+        let builder = Driver::builder()
+            .backend(choice)
+            .cooperative_completions(cooperative);
+        match configure(builder).build() {
             Ok(d) => out.push(d),
             Err(e) => eprintln!("skipping the {name} driver here: {e}"),
         }
