@@ -3,7 +3,7 @@
 mod common;
 
 use common::{drivers, scratch_dir, scratch_file};
-use directfile::{Backend, Error, OpenOptions};
+use directfile::{Backend, BackendChoice, Driver, Error, OpenOptions};
 use futures::executor::block_on;
 
 #[test]
@@ -285,4 +285,47 @@ fn backend_reports_itself() {
         let name = driver.backend().to_string();
         assert!(name == "uring" || name == "threads");
     }
+}
+
+/// Cooperative completions are on only where asked for and where the kernel has them; a
+/// refusal is said in the backend's reason, and the thread pool ignores the option.
+#[test]
+fn cooperative_completions_are_reported() {
+    let plain = Driver::builder()
+        .backend(BackendChoice::Threads)
+        .cooperative_completions(true)
+        .build()
+        .unwrap();
+    assert!(!plain.cooperative_completions());
+    let Ok(uring) = Driver::builder()
+        .backend(BackendChoice::Uring)
+        .cooperative_completions(true)
+        .build()
+    else {
+        eprintln!("no io_uring here: only the thread pool checked");
+        return;
+    };
+    let refused = uring
+        .backend_reason()
+        .contains("cooperative completions refused");
+    assert_eq!(
+        uring.cooperative_completions(),
+        !refused,
+        "{}",
+        uring.backend_reason()
+    );
+    let default = Driver::builder()
+        .backend(BackendChoice::Uring)
+        .build()
+        .unwrap();
+    assert!(!default.cooperative_completions());
+    assert!(!default.backend_reason().contains("cooperative"));
+    // Files on the cooperative driver work (the suite's other tests run on it in full).
+    let file = scratch_file(&uring, "coop-report");
+    let unit = file.alignment().offset;
+    let mut buf = file.alloc_buf(unit);
+    buf.set_len(unit);
+    buf.fill(7);
+    let (n, _) = uring.block_on(file.write_at(buf, 0));
+    assert_eq!(n.unwrap(), unit);
 }

@@ -84,8 +84,9 @@ fn soak_at_depth_256_with_cancellations() {
         let rss_warm = *rss_after_warm_up.lock().unwrap().iter().max().unwrap();
         let done = done.into_inner();
         println!(
-            "{}{}: {done} operations ({} cancelled) in {elapsed:.1?}; RSS after warm-up {} KiB, at end {} KiB",
+            "{}{}{}: {done} operations ({} cancelled) in {elapsed:.1?}; RSS after warm-up {} KiB, at end {} KiB",
             driver.backend(),
+            if driver.cooperative_completions() { " cooperative" } else { "" },
             if own_executor { " (Driver::block_on)" } else { "" },
             cancelled.into_inner(),
             rss_warm / 1024,

@@ -141,19 +141,23 @@ impl DriverBuilder {
     }
 
     /// Cooperative completions (io_uring's `IORING_SETUP_COOP_TASKRUN`, Linux 5.19+; ignored
-    /// by the thread pool and by older kernels). Off by default.
+    /// by the thread pool; on an older kernel the ring is made without them and
+    /// [`Driver::backend_reason`] says so). Off by default.
     ///
     /// The kernel posts the completion of a read or write as work for the thread that
-    /// submitted it. By default it interrupts that thread to do so; with this on, it waits
-    /// until the thread enters the kernel (it still wakes a sleeping one). That saves an
-    /// interrupt per completion: 0.75x fio's IOPS became 0.94x at QD32 O_DSYNC on
-    /// `Driver::block_on` (README, "Who waits for completions").
+    /// submitted it. By default it interrupts that thread, if it is running, to do so; with
+    /// this on, it waits until the thread enters the kernel (it still wakes a sleeping one),
+    /// and this crate's futures and `Driver::block_on` enter it whenever they look for a
+    /// completion. That saves the interrupts: at QD32 O_DSYNC on `Driver::block_on`, 0.75x
+    /// fio's IOPS became 0.94x (README, "Who waits for completions").
     ///
     /// Turn it on only when every thread that uses the driver waits in it: each runs its I/O
     /// under [`Driver::block_on`], or polls the driver's futures often. A thread may submit
     /// other threads' queued operations along with its own; if it then runs user code
     /// without system calls, their completions wait for its next system call or timer tick
-    /// (1-4 ms), and on a CPU without timer ticks (`nohz_full`) for as long as it runs.
+    /// (1-4 ms), and on a CPU without timer ticks (`nohz_full`) for as long as it runs. The
+    /// same holds for a `Driver::block_on` thread that computes or blocks outside the ring:
+    /// the driver's watchdog reaps for it, but cannot post completions that wait on it.
     pub fn cooperative_completions(mut self, on: bool) -> Self {
         self.cooperative = on;
         self
@@ -187,7 +191,7 @@ impl DriverBuilder {
             }
         }
         let threads = self.threads.unwrap_or(self.queue_depth.min(32));
-        let (engine, backend, reason) = match choice {
+        let (engine, backend, mut reason) = match choice {
             BackendChoice::Threads => (
                 Engine::Threads(threads::Threads::new(self.queue_depth, threads)),
                 Backend::Threads,
@@ -223,6 +227,15 @@ impl DriverBuilder {
                 }
             },
         };
+        if self.cooperative {
+            if let Engine::Uring(u) = &engine {
+                if !u.cooperative() {
+                    reason.push_str(
+                        "; cooperative completions refused by the kernel (they need Linux 5.19)",
+                    );
+                }
+            }
+        }
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let shared = Arc::new(Shared {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -366,12 +379,10 @@ impl Engine {
     }
 
     /// With cooperative completions, for a thread that polls or spins for a completion: posts
-    /// the completions whose kernel work waits for this thread to enter the kernel. `force`
-    /// enters even if the ring does not flag such work (the flag is the ring's, not the
-    /// thread's: another thread that runs its own work clears it).
-    pub(crate) fn run_task_work(&self, force: bool) {
+    /// the completions whose kernel work waits for this thread to enter the kernel.
+    pub(crate) fn run_task_work(&self) {
         match self {
-            Engine::Uring(u) => u.run_task_work(force),
+            Engine::Uring(u) => u.run_task_work(),
             Engine::Threads(_) => {}
         }
     }
@@ -475,6 +486,16 @@ impl Driver {
     /// Why this backend was chosen (for example the error that ruled io_uring out).
     pub fn backend_reason(&self) -> &str {
         &self.shared().reason
+    }
+
+    /// Whether cooperative completions are on: asked for with
+    /// [`DriverBuilder::cooperative_completions`], and the kernel has them (io_uring only; a
+    /// refusal is noted in [`Driver::backend_reason`]).
+    pub fn cooperative_completions(&self) -> bool {
+        match &self.shared().engine {
+            Engine::Uring(u) => u.cooperative(),
+            Engine::Threads(_) => false,
+        }
     }
 
     /// Number of operation slots.

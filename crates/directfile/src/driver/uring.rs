@@ -47,7 +47,13 @@ thread_local! {
     static THREAD_TOKEN: u8 = const { 0 };
     /// This thread is recording completions (running wakers) with the `cq` lock held.
     static DRAINING: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Looks at the ring for task work by this thread (`Uring::run_task_work`).
+    static LOOKS: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
+
+/// With cooperative completions, a thread that keeps looking for a completion in user space
+/// enters the kernel at least on every this many looks (`Uring::run_task_work`).
+const FORCE_TASK_WORK: u32 = 32;
 
 /// How `enter_submit` makes room when the completion queue is backed up.
 #[derive(Clone, Copy)]
@@ -448,6 +454,11 @@ impl Uring {
     /// that owns the ring in `block_on`, which left the entry for its own next visit to the
     /// ring (and spins there, `spin_for_one`). Elsewhere a spinning future sees its completion
     /// whoever records it: itself inline, the reaper thread, or the owner.
+    /// Whether the ring runs with cooperative completions.
+    pub(crate) fn cooperative(&self) -> bool {
+        self.cooperative
+    }
+
     pub(crate) fn may_spin(&self) -> bool {
         self.standby.owner() != thread_token()
     }
@@ -483,15 +494,31 @@ impl Uring {
         }
     }
 
-    /// Runs `f` on the submission queue, under the `sq` lock. The only way this driver touches
-    /// the queue: a `SubmissionQueue` stores its tail when dropped, so one that outlived the
-    /// lock would write a stale tail over another thread's push, and the kernel would run old
-    /// entries again. (Edition 2021 keeps a temporary of a block's tail expression alive past
-    /// the block's locals, the guard included: that happened once.)
+    /// Runs `f` on the submission queue, under the `sq` lock. With `try_with_sq`, the only way
+    /// this driver touches the queue: a `SubmissionQueue` stores its tail when dropped, so one
+    /// that outlived the lock would write a stale tail over another thread's push, and the
+    /// kernel would run old entries again. (Edition 2021 keeps a temporary of a block's tail
+    /// expression alive past the block's locals, the guard included: that happened once.)
     fn with_sq<R>(&self, f: impl FnOnce(&mut io_uring::SubmissionQueue<'_>) -> R) -> R {
-        let guard = self.sq.lock().unwrap_or_else(|p| p.into_inner());
-        // SAFETY: the `sq` mutex is held until after `sq` is dropped (explicitly, below), so
-        // no other SubmissionQueue of this ring exists meanwhile.
+        self.on_sq(self.sq.lock().unwrap_or_else(|p| p.into_inner()), f)
+    }
+
+    /// `with_sq` if the `sq` lock is free; `None` (and `f` not run) if another thread holds it.
+    fn try_with_sq<R>(&self, f: impl FnOnce(&mut io_uring::SubmissionQueue<'_>) -> R) -> Option<R> {
+        match self.sq.try_lock() {
+            Ok(guard) => Some(self.on_sq(guard, f)),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(self.on_sq(p.into_inner(), f)),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    fn on_sq<R>(
+        &self,
+        guard: MutexGuard<'_, ()>,
+        f: impl FnOnce(&mut io_uring::SubmissionQueue<'_>) -> R,
+    ) -> R {
+        // SAFETY: `guard` holds the `sq` mutex until after `sq` is dropped (explicitly, below),
+        // so no other SubmissionQueue of this ring exists meanwhile.
         let mut sq = unsafe { self.ring.submission_shared() };
         let result = f(&mut sq);
         sq.sync();
@@ -500,36 +527,33 @@ impl Uring {
         result
     }
 
-    /// `with_sq` if the `sq` lock is free; `None` (and `f` not run) if another thread holds it.
-    fn try_with_sq<R>(&self, f: impl FnOnce(&mut io_uring::SubmissionQueue<'_>) -> R) -> Option<R> {
-        let guard = match self.sq.try_lock() {
-            Ok(guard) => guard,
-            Err(std::sync::TryLockError::Poisoned(p)) => p.into_inner(),
-            Err(std::sync::TryLockError::WouldBlock) => return None,
-        };
-        // SAFETY: as in `with_sq`: the lock is held until after `sq` is dropped.
-        let mut sq = unsafe { self.ring.submission_shared() };
-        let result = f(&mut sq);
-        drop(sq);
-        drop(guard);
-        Some(result)
-    }
-
     /// With cooperative completions (IORING_SETUP_COOP_TASKRUN), the kernel posts the
     /// completions of the entries a thread submitted when that thread next enters the kernel
-    /// (or wakes it, if it sleeps): a thread that polls or spins for one in user space enters
-    /// the ring when the ring flags such work (IORING_SQ_TASKRUN), or always if `force`. The
-    /// flag is read only if the `sq` lock is free: this runs with the `cq` lock held
-    /// (`spin_for_one`), and a pusher may hold `sq` while it waits for the completion queue to
-    /// drain. A missed look is made up by the next, or the next forced entry.
-    pub(crate) fn run_task_work(&self, force: bool) {
+    /// (or wakes it, if it sleeps). So a thread that polls or spins for a completion in user
+    /// space calls this on every look: it enters the ring when the ring flags such work
+    /// (IORING_SQ_TASKRUN), and on every `FORCE_TASK_WORK`th call of the thread regardless,
+    /// because the flag is the ring's, not the thread's (another thread that runs its own
+    /// work clears it). The flag is read only if the `sq` lock is free: this runs with the `cq`
+    /// lock held (`spin_for_one`), and a pusher may hold `sq` while it waits for the
+    /// completion queue to drain; a missed look is made up by a later one.
+    pub(crate) fn run_task_work(&self) {
         if !self.cooperative {
             return;
         }
-        if force || self.try_with_sq(|sq| sq.taskrun()).unwrap_or(false) {
-            // SAFETY: to_submit 0, min_complete 0, IORING_ENTER_GETEVENTS (1), no argument:
-            // the call reads and writes no memory of ours.
-            let _ = unsafe { self.ring.submitter().enter::<libc::sigset_t>(0, 0, 1, None) };
+        let forced = LOOKS.with(|n| {
+            let looks = n.get().wrapping_add(1);
+            n.set(looks);
+            looks % FORCE_TASK_WORK == 0
+        });
+        if forced || self.try_with_sq(|sq| sq.taskrun()).unwrap_or(false) {
+            let getevents = io_uring::EnterFlags::GETEVENTS.bits();
+            // SAFETY: to_submit 0, min_complete 0, GETEVENTS, no argument: the call reads and
+            // writes no memory of ours.
+            let _ = unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(0, 0, getevents, None)
+            };
         }
     }
 
@@ -685,10 +709,8 @@ impl Uring {
         self.queued.store(0, Ordering::Relaxed);
         self.enter_submit(Room::Drain(shared));
         let start = std::time::Instant::now();
-        let mut spins = 0u32;
         loop {
-            spins = spins.wrapping_add(1);
-            self.run_task_work(spins % crate::op::FORCE_TASK_WORK == 0);
+            self.run_task_work();
             // SAFETY: the caller holds the `cq` mutex, so no other CompletionQueue exists.
             if !unsafe { self.ring.completion_shared() }.is_empty() {
                 return true;
@@ -767,10 +789,11 @@ impl Uring {
                     // what it queued, or a future that yields in a loop would starve its I/O.
                     if self.queued.swap(0, Ordering::Relaxed) > 0 {
                         self.enter_submit(Room::Reap(shared));
+                    } else {
+                        // With cooperative completions, post those that wait for this thread
+                        // (the entering above does it too).
+                        self.run_task_work();
                     }
-                    // With cooperative completions, post those that wait for this thread
-                    // (the entries it submitted): it does not enter the ring on this path.
-                    self.run_task_work(false);
                     continue;
                 }
             }

@@ -122,10 +122,6 @@ impl Op {
     }
 }
 
-/// A spinning thread enters the kernel at least every this many turns (cooperative
-/// completions; see `Engine::run_task_work`).
-pub(crate) const FORCE_TASK_WORK: u32 = 32;
-
 impl Future for Op {
     type Output = (Result<i32>, OpBufs);
 
@@ -144,7 +140,7 @@ impl Future for Op {
         let shared = this.driver.shared();
         // Reap whatever the kernel has finished, on this thread: cheaper than any wake-up.
         // (With cooperative completions, first post those that wait for this thread.)
-        shared.engine.run_task_work(false);
+        shared.engine.run_task_work();
         shared.engine.reap(shared);
         let mut done = None;
         // At queue depth 1 nothing else can make progress: wait for the completion on this
@@ -152,15 +148,13 @@ impl Future for Op {
         // the slot, below, takes the result or registers the waker under a single lock.)
         if !shared.spin.is_zero() && shared.slots.in_flight() == 1 && shared.engine.may_spin() {
             let start = Instant::now();
-            let mut spins = 0u32;
             loop {
                 done = shared.slots.take_or_register(index, generation, None);
                 if done.is_some() || start.elapsed() >= shared.spin {
                     break;
                 }
                 std::hint::spin_loop();
-                spins = spins.wrapping_add(1);
-                shared.engine.run_task_work(spins % FORCE_TASK_WORK == 0);
+                shared.engine.run_task_work();
                 shared.engine.reap(shared);
             }
         }

@@ -41,7 +41,13 @@ pub fn drivers_with(
         ("uring-coop", BackendChoice::Uring, true),
         ("threads", BackendChoice::Threads, false),
     ] {
-        if only.as_deref().is_some_and(|o| !name.starts_with(o)) {
+        // `uring` keeps both io_uring drivers.
+        let wanted = match only.as_deref() {
+            None => true,
+            Some("uring") => name.starts_with("uring"),
+            Some(other) => name == other,
+        };
+        if !wanted {
             continue;
         }
         let builder = Driver::builder()
