@@ -227,14 +227,9 @@ impl DriverBuilder {
                 }
             },
         };
-        if self.cooperative {
-            if let Engine::Uring(u) = &engine {
-                if !u.cooperative() {
-                    reason.push_str(
-                        "; cooperative completions refused by the kernel (they need Linux 5.19)",
-                    );
-                }
-            }
+        if self.cooperative && matches!(&engine, Engine::Uring(u) if !u.cooperative()) {
+            reason
+                .push_str("; cooperative completions refused by the kernel (they need Linux 5.19)");
         }
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let shared = Arc::new(Shared {
@@ -575,7 +570,8 @@ impl Driver {
     /// driver's own thread notices within a millisecond and reaps for it: late completions,
     /// never a hang. Nested `block_on` on the same thread waits in the ring as well. A waker
     /// must not block. When every thread that uses the driver runs its I/O this way,
-    /// [`DriverBuilder::cooperative_completions`] saves an interrupt per completion.
+    /// [`DriverBuilder::cooperative_completions`] saves the interrupts that post completions
+    /// to a running thread.
     ///
     /// If another thread's `block_on` owns the ring, or on the thread-pool backend, it parks
     /// the thread between polls like any executor. Futures from this crate also run on any

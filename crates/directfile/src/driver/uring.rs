@@ -450,15 +450,15 @@ impl Uring {
         self.standby.owned()
     }
 
-    /// Whether a future polled on this thread may spin for its completion: not on the thread
-    /// that owns the ring in `block_on`, which left the entry for its own next visit to the
-    /// ring (and spins there, `spin_for_one`). Elsewhere a spinning future sees its completion
-    /// whoever records it: itself inline, the reaper thread, or the owner.
     /// Whether the ring runs with cooperative completions.
     pub(crate) fn cooperative(&self) -> bool {
         self.cooperative
     }
 
+    /// Whether a future polled on this thread may spin for its completion: not on the thread
+    /// that owns the ring in `block_on`, which left the entry for its own next visit to the
+    /// ring (and spins there, `spin_for_one`). Elsewhere a spinning future sees its completion
+    /// whoever records it: itself inline, the reaper thread, or the owner.
     pub(crate) fn may_spin(&self) -> bool {
         self.standby.owner() != thread_token()
     }
@@ -791,7 +791,7 @@ impl Uring {
                         self.enter_submit(Room::Reap(shared));
                     } else {
                         // With cooperative completions, post those that wait for this thread
-                        // (the entering above does it too).
+                        // (entering the ring to submit, above, does that too).
                         self.run_task_work();
                     }
                     continue;
