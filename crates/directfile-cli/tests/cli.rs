@@ -135,8 +135,17 @@ fn check_result(result: &serde_json::Map<String, serde_json::Value>, rw: &str, q
         number("lat_us_p999"),
         number("lat_us_max"),
     );
+    // Our own percentiles come from the same histogram as the maximum. fio reports its
+    // percentiles from a log-linear histogram (64 buckets per power of two, FIO_IO_U_PLAT_BITS
+    // = 6) as a value inside the bucket, while its max is exact: a percentile may exceed the
+    // max by up to one bucket, 1/64 of the value (seen: p99.9 45,350.9 us, max 45,142.9 us).
+    let bucket = if result["backend"] == "fio" {
+        1.0 + 1.0 / 64.0
+    } else {
+        1.001
+    };
     assert!(
-        0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max * 1.001,
+        0.0 < p50 && p50 <= p99 && p99 <= p999 && p999 <= max * bucket,
         "{result:?}"
     );
 }
