@@ -7,7 +7,9 @@ use std::sync::{Arc, Mutex};
 
 use directfile::{AlignedBuf, Driver, File, OpenOptions};
 
-use crate::storage::{list_segment_files, segment_file_name, sync_dir, IoBuffer, Storage};
+use crate::storage::{
+    list_segment_files, segment_file_name, sync_dir, IoBuffer, Storage, HEAD_FILE_NAME,
+};
 use crate::Error;
 
 impl IoBuffer for AlignedBuf {
@@ -310,5 +312,22 @@ impl Storage for DirectFileStorage {
     async fn truncate_segment(&self, segment: &DirectFileSegment, len: u64) -> io::Result<()> {
         segment.file.set_len(len).await.map_err(to_io)?;
         segment.file.sync_all().await.map_err(to_io)
+    }
+
+    fn open_head(&self, create: bool) -> io::Result<Option<DirectFileSegment>> {
+        let path = self.dir.join(HEAD_FILE_NAME);
+        if !create && !path.try_exists()? {
+            return Ok(None);
+        }
+        let existed = path.try_exists()?;
+        let file = self
+            .open_options()
+            .create(create)
+            .open(&path)
+            .map_err(to_io)?;
+        if !existed {
+            sync_dir(&self.dir)?;
+        }
+        Ok(Some(DirectFileSegment { file, alone: None }))
     }
 }

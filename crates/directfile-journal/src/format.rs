@@ -1,9 +1,10 @@
 //! The on-disk format of the journal: this doc comment is the specification.
 //!
-//! A journal is a directory of segment files named `{segment_number:020}.seg` plus a `LOCK`
-//! file. All integers are little-endian. `block` is the segment's `block_bytes` (a multiple of
-//! the device's direct-I/O alignment, 4096 by default); every batch starts and ends on a block
-//! boundary, so one batch is one aligned write-through write.
+//! A journal is a directory of segment files named `{segment_number:020}.seg`, a `HEAD` file
+//! (the durable high-water mark and the user's metadata) and a `LOCK` file. All integers are
+//! little-endian. `block` is the segment's `block_bytes` (a multiple of the device's direct-I/O
+//! alignment, 4096 by default); every batch starts and ends on a block boundary, so one batch
+//! is one aligned write-through write.
 //!
 //! ```text
 //! segment file
@@ -21,13 +22,13 @@
 //! +-----------------------------+ segment_bytes (or a shorter file after torn-tail truncation)
 //!
 //! segment header (SEGMENT_HEADER_BYTES = 64)
-//!  0        8       12      16               24            32            40      44      48          60      64
-//!  +--------+-------+-------+----------------+-------------+-------------+-------+-------+-----------+-------+
-//!  | magic  |version| block | segment_number | generation  | first_lsn   | batch | in    | reserved  | crc32c|
-//!  | 8 B    | u32   | u32   | u64            | u64         | u64         | max   | flight| 12 B zero | u32   |
-//!  |"DFJSEG\r\n"    | bytes |                |             |             | u32   | max   |           |       |
-//!  +--------+-------+-------+----------------+-------------+-------------+-------+-------+-----------+-------+
-//!  crc32c covers bytes 0..60.
+//!  0        8       12      16               24            32            40      44      48      52        60      64
+//!  +--------+-------+-------+----------------+-------------+-------------+-------+-------+-------+---------+-------+
+//!  | magic  |version| block | segment_number | generation  | first_lsn   | batch | in    | flags | reserved| crc32c|
+//!  | 8 B    | u32   | u32   | u64            | u64         | u64         | max   | flight| u32   | 8 B zero| u32   |
+//!  |"DFJSEG\r\n"    | bytes |                |             |             | u32   | max   |       |         |       |
+//!  +--------+-------+-------+----------------+-------------+-------------+-------+-------+-------+---------+-------+
+//!  crc32c covers bytes 0..60. flags: bit 0 = TRUNCATES (see below); other bits must be 0.
 //!
 //! batch header (BATCH_HEADER_BYTES = 40)
 //!  0        4              8                16            24           32           36       40
@@ -44,6 +45,19 @@
 //!  | u32          | u32    | u64    | payload_bytes bytes  |
 //!  +--------------+--------+--------+----------------------+
 //!  crc32c = CRC32C(generation as u64 LE ++ bytes 0..4 ++ bytes 8..16 ++ payload)
+//!
+//! HEAD file: two slots of `slot_bytes` each (a power of two >= 512 and a multiple of the
+//! storage's alignment; the file is 2 x slot_bytes long). Write number `sequence` goes to slot
+//! `sequence % 2`, so a torn write can only damage the slot being replaced: the other one
+//! still holds the previous value. The valid slot with the larger sequence is the head.
+//!  0        8       12         16         24               32          40           48      52        60      64
+//!  +--------+-------+----------+----------+----------------+-----------+------------+-------+---------+-------+----------+
+//!  | magic  |version| slot     | sequence | segment_number | first_lsn | generation | meta  | reserved| crc32c| meta     |
+//!  | 8 B    | u32   | bytes u32| u64      | u64            | u64       | u64        | bytes | 8 B zero| u32   | bytes    |
+//!  |"DFJHEAD\n"     |          |          |                |           |            | u32   |         |       |          |
+//!  +--------+-------+----------+----------+----------------+-----------+------------+-------+---------+-------+----------+
+//!  crc32c = CRC32C(bytes 0..60 ++ meta). segment_number, first_lsn and generation are those of
+//!  the newest started segment (the high-water mark); meta is the user's metadata.
 //! ```
 //!
 //! Rules a reader enforces (and why stale bytes can never be read as a record):
@@ -58,15 +72,50 @@
 //!   generation) fail the segment/generation check or the continuity check; fallocated space
 //!   reads as zeros, and a zero batch header has magic 0, which is not `BATCH_MAGIC`.
 //! - A batch is atomic: if any part of it fails a check, none of its records is returned.
+//!
+//! Rules that make a lost tail visible (the high-water mark):
+//!
+//! - A segment is *started* when its header is written. The journal writes a batch into a
+//!   segment only after the HEAD names it (the header write, then the HEAD write, each durable
+//!   before the next), and it asks for a new spare segment only after that. So after a crash on a
+//!   device that keeps what was synced, at most **one** segment file lies above the segment the
+//!   HEAD names, and it holds no batch: either the segment being started (header written, torn
+//!   or not yet written) or the spare being made (all zeros).
+//! - Recovery therefore requires the HEAD's segment to exist with a valid header whose
+//!   `first_lsn` and `generation` match the HEAD, and accepts above it only one segment without
+//!   batches. Anything else (the HEAD's segment missing or zeroed, two or more segments above it,
+//!   a batch above it, a HEAD missing or unreadable while segments hold records) is corruption:
+//!   the newest segments were lost, and recovery says so instead of restarting at a lower LSN.
+//!   Only a journal whose segments hold no batch may lack a readable HEAD (a crash while the
+//!   journal was first created).
+//!
+//! Explicit truncation (`Journal::truncate_from`):
+//!
+//! - A segment whose header has the TRUNCATES flag may start at a `first_lsn` lower than the end
+//!   of the segments before it: every record with an LSN at or above its `first_lsn` in earlier
+//!   segments is void (earlier segments that start at or above it are void as a whole). Without
+//!   the flag, a segment must start exactly where the previous one ends. The flag never lowers
+//!   the LSN below the first record kept.
 
 use std::fmt;
 
 /// Magic at offset 0 of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"DFJSEG\r\n";
-/// Format version written by this crate.
-pub const FORMAT_VERSION: u32 = 1;
+/// Format version written by this crate (2: the HEAD file and segment flags).
+pub const FORMAT_VERSION: u32 = 2;
+/// Segment header flag: this segment truncates the records at and above its `first_lsn`.
+pub const SEGMENT_FLAG_TRUNCATES: u32 = 1;
+/// Magic at offset 0 of each slot of the HEAD file.
+pub const HEAD_MAGIC: [u8; 8] = *b"DFJHEAD\n";
+/// Encoded size of a HEAD slot's header (the user metadata follows it).
+pub const HEAD_SLOT_HEADER_BYTES: usize = 64;
+/// The smallest HEAD slot; the journal uses `max(4096, storage alignment)`.
+pub const HEAD_SLOT_BYTES_MIN: usize = 512;
 /// Encoded size of the segment header (it occupies the whole first block).
 pub const SEGMENT_HEADER_BYTES: usize = 64;
+/// The largest `block_bytes` (64 KiB): no device needs more, and it bounds what a torn header
+/// write can touch.
+pub const BLOCK_BYTES_MAX: usize = 64 << 10;
 /// Magic at offset 0 of every batch header: "DFJB".
 pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"DFJB");
 /// Encoded size of a batch header.
@@ -148,6 +197,8 @@ pub struct SegmentHeader {
     /// How many lanes the writer has; with `batch_bytes_max` this bounds how far a torn tail can
     /// reach (see [`SegmentHeader::torn_window_bytes`]).
     pub batches_in_flight_max: u32,
+    /// Records at and above `first_lsn` in earlier segments are void (the TRUNCATES flag).
+    pub truncates: bool,
 }
 
 impl SegmentHeader {
@@ -232,6 +283,12 @@ pub fn encode_segment_header(header: &SegmentHeader, out: &mut [u8]) {
     out[32..40].copy_from_slice(&header.first_lsn.to_le_bytes());
     out[40..44].copy_from_slice(&header.batch_bytes_max.to_le_bytes());
     out[44..48].copy_from_slice(&header.batches_in_flight_max.to_le_bytes());
+    let flags = if header.truncates {
+        SEGMENT_FLAG_TRUNCATES
+    } else {
+        0
+    };
+    out[48..52].copy_from_slice(&flags.to_le_bytes());
     let crc = crc32c::crc32c(&out[0..60]);
     out[60..64].copy_from_slice(&crc.to_le_bytes());
 }
@@ -270,8 +327,19 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, FormatError>
         first_lsn: le_u64(bytes, 32),
         batch_bytes_max: le_u32(bytes, 40),
         batches_in_flight_max: le_u32(bytes, 44),
+        truncates: le_u32(bytes, 48) & SEGMENT_FLAG_TRUNCATES != 0,
     };
-    if header.block_bytes < 512 || !header.block_bytes.is_power_of_two() {
+    let flags = le_u32(bytes, 48);
+    if flags & !SEGMENT_FLAG_TRUNCATES != 0 {
+        return Err(FormatError::BadField {
+            what: "segment flags",
+            value: flags.into(),
+        });
+    }
+    if header.block_bytes < 512
+        || !header.block_bytes.is_power_of_two()
+        || header.block_bytes as usize > BLOCK_BYTES_MAX
+    {
         return Err(FormatError::BadField {
             what: "block_bytes",
             value: header.block_bytes.into(),
@@ -292,6 +360,179 @@ pub fn decode_segment_header(bytes: &[u8]) -> Result<SegmentHeader, FormatError>
         });
     }
     Ok(header)
+}
+
+/// One value of the HEAD file: the high-water mark and the user's metadata.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Head {
+    /// Which write this is; of two valid slots the larger wins.
+    pub sequence: u64,
+    /// The newest started segment (its header was durable before this was written).
+    pub segment_number: u64,
+    /// That segment's `first_lsn`, as in its header.
+    pub first_lsn: u64,
+    /// That segment's `generation`, as in its header.
+    pub generation: u64,
+    /// The user's metadata (`Journal::set_meta`).
+    pub meta: Vec<u8>,
+}
+
+/// The most metadata a HEAD slot of `slot_bytes` holds.
+pub fn head_meta_bytes_max(slot_bytes: usize) -> usize {
+    slot_bytes - HEAD_SLOT_HEADER_BYTES
+}
+
+/// Encodes `head` as one slot into `out[..slot_bytes]` (the rest of the slot is zeroed).
+///
+/// # Panics
+/// If `out` is shorter than `slot_bytes` or the metadata does not fit.
+pub fn encode_head_slot(head: &Head, slot_bytes: usize, out: &mut [u8]) {
+    assert!(
+        head.meta.len() <= head_meta_bytes_max(slot_bytes),
+        "metadata of {} bytes does not fit a HEAD slot of {slot_bytes}",
+        head.meta.len()
+    );
+    let out = &mut out[..slot_bytes];
+    out.fill(0);
+    out[0..8].copy_from_slice(&HEAD_MAGIC);
+    out[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out[12..16].copy_from_slice(&(slot_bytes as u32).to_le_bytes());
+    out[16..24].copy_from_slice(&head.sequence.to_le_bytes());
+    out[24..32].copy_from_slice(&head.segment_number.to_le_bytes());
+    out[32..40].copy_from_slice(&head.first_lsn.to_le_bytes());
+    out[40..48].copy_from_slice(&head.generation.to_le_bytes());
+    out[48..52].copy_from_slice(&(head.meta.len() as u32).to_le_bytes());
+    let meta_end = HEAD_SLOT_HEADER_BYTES + head.meta.len();
+    out[HEAD_SLOT_HEADER_BYTES..meta_end].copy_from_slice(&head.meta);
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&out[0..60]), &out[64..meta_end]);
+    out[60..64].copy_from_slice(&crc.to_le_bytes());
+}
+
+/// Reads and verifies one HEAD slot at the start of `bytes`; returns the head and the slot size
+/// it was written with.
+///
+/// # Errors
+/// [`FormatError::Zeroed`] for a never-written slot, otherwise the first failed check.
+pub fn decode_head_slot(bytes: &[u8]) -> Result<(Head, usize), FormatError> {
+    if bytes.len() < HEAD_SLOT_HEADER_BYTES {
+        return Err(FormatError::Truncated {
+            needed: HEAD_SLOT_HEADER_BYTES,
+            available: bytes.len(),
+        });
+    }
+    if bytes[..HEAD_SLOT_HEADER_BYTES].iter().all(|&b| b == 0) {
+        return Err(FormatError::Zeroed);
+    }
+    if bytes[0..8] != HEAD_MAGIC {
+        return Err(FormatError::BadMagic);
+    }
+    let slot_bytes = le_u32(bytes, 12) as usize;
+    if slot_bytes < HEAD_SLOT_BYTES_MIN || !slot_bytes.is_power_of_two() {
+        return Err(FormatError::BadField {
+            what: "HEAD slot_bytes",
+            value: slot_bytes as u64,
+        });
+    }
+    let meta_bytes = le_u32(bytes, 48) as usize;
+    if meta_bytes > head_meta_bytes_max(slot_bytes) {
+        return Err(FormatError::BadField {
+            what: "HEAD meta_bytes",
+            value: meta_bytes as u64,
+        });
+    }
+    let meta_end = HEAD_SLOT_HEADER_BYTES + meta_bytes;
+    if bytes.len() < meta_end {
+        return Err(FormatError::Truncated {
+            needed: meta_end,
+            available: bytes.len(),
+        });
+    }
+    let crc = crc32c::crc32c_append(crc32c::crc32c(&bytes[0..60]), &bytes[64..meta_end]);
+    if crc != le_u32(bytes, 60) {
+        return Err(FormatError::BadChecksum { what: "HEAD slot" });
+    }
+    let version = le_u32(bytes, 8);
+    if version != FORMAT_VERSION {
+        return Err(FormatError::UnsupportedVersion(version));
+    }
+    let head = Head {
+        sequence: le_u64(bytes, 16),
+        segment_number: le_u64(bytes, 24),
+        first_lsn: le_u64(bytes, 32),
+        generation: le_u64(bytes, 40),
+        meta: bytes[HEAD_SLOT_HEADER_BYTES..meta_end].to_vec(),
+    };
+    if head.first_lsn == 0 {
+        return Err(FormatError::BadField {
+            what: "HEAD first_lsn",
+            value: 0,
+        });
+    }
+    Ok((head, slot_bytes))
+}
+
+/// What a HEAD file's bytes hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HeadState {
+    /// There is no HEAD file.
+    Absent,
+    /// The file exists but no slot verifies: `slot_errors` says why, slot by slot.
+    Unreadable { slot_errors: Vec<FormatError> },
+    /// The newest valid slot, and the slot size the file uses.
+    Valid { head: Head, slot_bytes: usize },
+}
+
+/// Reads a HEAD file: `None` when it does not exist. Slot 0 is at offset 0 and slot 1 at
+/// `slot_bytes` (learnt from a valid slot 0, else half the file); a slot must sit where its
+/// sequence puts it (`sequence % 2`), so a misplaced copy is not mistaken for the other slot.
+pub fn decode_head(bytes: Option<&[u8]>) -> HeadState {
+    let Some(bytes) = bytes else {
+        return HeadState::Absent;
+    };
+    let first = decode_head_slot(bytes);
+    let stride = match &first {
+        Ok((_, slot_bytes)) => *slot_bytes,
+        Err(_) => bytes.len() / 2,
+    };
+    let second = if stride >= HEAD_SLOT_BYTES_MIN && stride.is_power_of_two() {
+        decode_head_slot(&bytes[stride.min(bytes.len())..])
+    } else {
+        Err(FormatError::Truncated {
+            needed: 2 * HEAD_SLOT_BYTES_MIN,
+            available: bytes.len(),
+        })
+    };
+    let mut best: Option<(Head, usize)> = None;
+    let mut slot_errors = Vec::new();
+    for (index, slot) in [first, second].into_iter().enumerate() {
+        match slot {
+            Ok((head, _)) if head.sequence % 2 != index as u64 => {
+                slot_errors.push(FormatError::BadField {
+                    what: "HEAD sequence (in the other slot's place)",
+                    value: head.sequence,
+                });
+            }
+            Ok((_, slot_bytes)) if slot_bytes != stride => {
+                slot_errors.push(FormatError::BadField {
+                    what: "HEAD slot_bytes (differs from the file's)",
+                    value: slot_bytes as u64,
+                });
+            }
+            Ok((head, slot_bytes)) => {
+                if best
+                    .as_ref()
+                    .is_none_or(|(b, _)| head.sequence > b.sequence)
+                {
+                    best = Some((head, slot_bytes));
+                }
+            }
+            Err(error) => slot_errors.push(error),
+        }
+    }
+    match best {
+        Some((head, slot_bytes)) => HeadState::Valid { head, slot_bytes },
+        None => HeadState::Unreadable { slot_errors },
+    }
 }
 
 /// CRC32C of a record: generation, then the header without its checksum field, then payload.
@@ -562,7 +803,71 @@ mod tests {
             first_lsn: 100,
             batch_bytes_max: 8192,
             batches_in_flight_max: 4,
+            truncates: false,
         }
+    }
+
+    #[test]
+    fn head_slots_round_trip_and_the_newer_valid_one_wins() {
+        let head = |sequence: u64| Head {
+            sequence,
+            segment_number: 9,
+            first_lsn: 1000 + sequence,
+            generation: 4,
+            meta: vec![sequence as u8; 100],
+        };
+        let mut file = vec![0u8; 2 * 4096];
+        encode_head_slot(&head(1), 4096, &mut file[4096..]);
+        assert!(matches!(
+            decode_head(Some(&file)),
+            HeadState::Valid { head: h, slot_bytes: 4096 } if h == head(1)
+        ));
+        encode_head_slot(&head(2), 4096, &mut file[..4096]);
+        assert!(matches!(
+            decode_head(Some(&file)),
+            HeadState::Valid { head: h, .. } if h == head(2)
+        ));
+        // A torn write of write 3 (slot 1) leaves write 2.
+        let mut torn = file.clone();
+        encode_head_slot(&head(3), 4096, &mut torn[4096..]);
+        torn[4096 + 70] ^= 0x40;
+        assert!(matches!(
+            decode_head(Some(&torn)),
+            HeadState::Valid { head: h, .. } if h == head(2)
+        ));
+        // A slot copied to the other slot's place does not count.
+        let mut misplaced = vec![0u8; 2 * 4096];
+        encode_head_slot(&head(2), 4096, &mut misplaced[4096..]);
+        assert!(matches!(
+            decode_head(Some(&misplaced)),
+            HeadState::Unreadable { .. }
+        ));
+        assert_eq!(decode_head(None), HeadState::Absent);
+        assert!(matches!(
+            decode_head(Some(&[])),
+            HeadState::Unreadable { .. }
+        ));
+    }
+
+    #[test]
+    fn truncates_flag_round_trips_and_unknown_flags_are_refused() {
+        let header = SegmentHeader {
+            truncates: true,
+            ..segment()
+        };
+        let mut bytes = [0u8; SEGMENT_HEADER_BYTES];
+        encode_segment_header(&header, &mut bytes);
+        assert_eq!(decode_segment_header(&bytes), Ok(header));
+        bytes[49] = 0x10;
+        let crc = crc32c::crc32c(&bytes[0..60]);
+        bytes[60..64].copy_from_slice(&crc.to_le_bytes());
+        assert!(matches!(
+            decode_segment_header(&bytes),
+            Err(FormatError::BadField {
+                what: "segment flags",
+                ..
+            })
+        ));
     }
 
     #[test]

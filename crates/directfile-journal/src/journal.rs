@@ -45,7 +45,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 
-use crate::format::{self, BatchHeader, SegmentHeader, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES};
+use crate::format::{
+    self, BatchHeader, Head, HeadState, SegmentHeader, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES,
+};
 use crate::recovery::{self, RecoveryMode, RecoveryReport, SegmentReport};
 use crate::storage::{IoBuffer, Storage};
 use crate::DirectFileStorage;
@@ -176,9 +178,23 @@ struct Maintenance {
     stop: bool,
 }
 
+/// The HEAD file while the journal is open (see `format`): one slot-sized buffer and the value
+/// last written. Behind an async mutex: one HEAD write at a time, from a rotating lane or
+/// `set_meta`.
+struct HeadFile<S: Storage> {
+    handle: S::Segment,
+    slot_bytes: usize,
+    buf: Option<S::Buf>,
+    current: Head,
+}
+
 struct Shared<S: Storage> {
     storage: S,
     config: Config,
+    head: futures::lock::Mutex<HeadFile<S>>,
+    head_slot_bytes: usize,
+    /// A copy of the HEAD's metadata for `Journal::meta`, which does not wait.
+    meta: Mutex<Vec<u8>>,
     state: Mutex<State<S>>,
     maintenance: Mutex<Maintenance>,
     maintenance_wake: Condvar,
@@ -223,9 +239,13 @@ fn validate(options: &JournalOptions, storage_block: usize) -> Result<usize> {
         options.block_bytes
     };
     let invalid = |why: String| Err(Error::InvalidOptions(why));
-    if !block.is_power_of_two() || block < 512 || block % storage_block != 0 {
+    if !block.is_power_of_two()
+        || !(512..=format::BLOCK_BYTES_MAX).contains(&block)
+        || block % storage_block != 0
+    {
         return invalid(format!(
-            "block_bytes {block} must be a power of two >= 512 and a multiple of the storage alignment {storage_block}"
+            "block_bytes {block} must be a power of two from 512 to {} and a multiple of the storage alignment {storage_block}",
+            format::BLOCK_BYTES_MAX
         ));
     }
     if options.batch_bytes_max < block
@@ -252,6 +272,25 @@ fn validate(options: &JournalOptions, storage_block: usize) -> Result<usize> {
         ));
     }
     Ok(block)
+}
+
+/// Writes `next` (its sequence set to the one after the current value) into its slot of the
+/// HEAD file; on success it becomes the current value. The write is durable when it completes.
+async fn write_head_slot<S: Storage>(
+    storage: &S,
+    file: &mut HeadFile<S>,
+    mut next: Head,
+) -> io::Result<()> {
+    next.sequence = file.current.sequence + 1;
+    let mut buf = file.buf.take().expect("one HEAD write at a time");
+    format::encode_head_slot(&next, file.slot_bytes, buf.as_full_mut());
+    buf.set_len(file.slot_bytes);
+    let offset = (next.sequence % 2) * file.slot_bytes as u64;
+    let (result, buf) = storage.write_at(&file.handle, buf, offset).await;
+    file.buf = Some(buf);
+    result?;
+    file.current = next;
+    Ok(())
 }
 
 /// Reads a whole segment into `buf` (reallocated when too small); returns the file length.
@@ -288,7 +327,61 @@ fn segment_header(config: &Config, number: u64, first_lsn: u64) -> SegmentHeader
         first_lsn,
         batch_bytes_max: config.batch_bytes_max as u32,
         batches_in_flight_max: config.batches_in_flight_max as u32,
+        truncates: false,
     }
+}
+
+/// Reads the HEAD file, if there is one.
+async fn read_head<S: Storage>(storage: &S) -> Result<(Option<S::Segment>, HeadState)> {
+    let Some(handle) = storage.open_head(false)? else {
+        return Ok((None, HeadState::Absent));
+    };
+    let mut buf = None;
+    let len = read_whole(storage, &handle, &mut buf).await?;
+    let state = format::decode_head(Some(&buf.expect("read buffer").as_slice()[..len]));
+    Ok((Some(handle), state))
+}
+
+/// The HEAD file for a journal whose HEAD was `found`: the existing file and its slot size when
+/// it has a valid slot; otherwise (no HEAD, or none readable: only possible while no segment
+/// holds a record) a fresh file of two empty slots.
+async fn open_head_file<S: Storage>(
+    storage: &S,
+    handle: Option<S::Segment>,
+    found: &HeadState,
+) -> Result<HeadFile<S>> {
+    if let (Some(handle), HeadState::Valid { head, slot_bytes }) = (&handle, found) {
+        if slot_bytes % storage.block_bytes() != 0 {
+            return Err(Error::InvalidOptions(format!(
+                "the HEAD file's slots of {slot_bytes} bytes cannot be written on storage                  with {}-byte alignment",
+                storage.block_bytes()
+            )));
+        }
+        return Ok(HeadFile {
+            handle: handle.clone(),
+            slot_bytes: *slot_bytes,
+            buf: Some(storage.alloc_buf(*slot_bytes)),
+            current: head.clone(),
+        });
+    }
+    let handle = match handle {
+        Some(handle) => handle,
+        None => storage
+            .open_head(true)?
+            .expect("open_head(create) returns the file"),
+    };
+    // One aligned write per value: slots of the storage's alignment (at least 512 bytes, so
+    // the metadata has room for 448 bytes anywhere).
+    let slot_bytes = storage.block_bytes().max(format::HEAD_SLOT_BYTES_MIN);
+    // Both slots empty: the first value written is sequence 1, in slot 1, which makes the file
+    // two slots long (slot 0 reads as zeros).
+    storage.truncate_segment(&handle, 0).await?;
+    Ok(HeadFile {
+        handle,
+        slot_bytes,
+        buf: Some(storage.alloc_buf(slot_bytes)),
+        current: Head::default(),
+    })
 }
 
 impl Journal<DirectFileStorage> {
@@ -319,6 +412,7 @@ impl<S: Storage> Journal<S> {
     ) -> Result<(Journal<S>, RecoveryReport)> {
         let block = validate(&options, storage.block_bytes())?;
         let dir_lock = storage.lock()?;
+        let (head_handle, head_state) = read_head(&storage).await?;
         let numbers = storage.list_segments()?;
         let mut scans = Vec::with_capacity(numbers.len());
         let mut read_buf = None;
@@ -329,7 +423,7 @@ impl<S: Storage> Journal<S> {
             scans.push(recovery::scan_segment(number, bytes));
         }
         drop(read_buf);
-        let plan = recovery::plan(&scans).map_err(Error::Corruption)?;
+        let plan = recovery::plan(&head_state, &scans).map_err(Error::Corruption)?;
         if options.recovery_mode == RecoveryMode::Strict {
             if let Some(torn) = plan.torn_tail.clone() {
                 return Err(Error::TornTail(torn));
@@ -341,6 +435,8 @@ impl<S: Storage> Journal<S> {
             truncated_bytes = storage.segment_len(&segment)?.saturating_sub(valid_end);
             storage.truncate_segment(&segment, valid_end).await?;
         }
+        // Segments above the high-water mark hold nothing; they go first, newest first, so at
+        // most one segment lies above the mark at any time (the one started next).
         for &number in plan.removed_segments.iter().rev() {
             storage.remove_segment(number)?;
         }
@@ -352,7 +448,12 @@ impl<S: Storage> Journal<S> {
             batches_in_flight_max: options.batches_in_flight_max,
             overlap_records_min: options.overlap_records_min.clamp(1, u32::MAX as usize) as u32,
         };
-        let number = numbers.last().map_or(1, |n| n + 1);
+        // A new segment, started (header, then HEAD) before anything is removed below it.
+        let number = numbers
+            .last()
+            .copied()
+            .max(plan.head.as_ref().map(|h| h.segment_number))
+            .map_or(1, |n| n + 1);
         let handle = storage.create_segment(number, config.segment_bytes).await?;
         let mut header_buf = storage.alloc_buf(block);
         format::encode_segment_header(
@@ -362,23 +463,41 @@ impl<S: Storage> Journal<S> {
         header_buf.set_len(block);
         let (result, header_buf) = storage.write_at(&handle, header_buf, 0).await;
         result?;
-        // Segments without records carry nothing the new segment does not (its header holds
-        // the next LSN), so they go; the rest are kept in order.
+        let mut head_file = open_head_file(&storage, head_handle, &head_state).await?;
+        let meta = head_file.current.meta.clone();
+        write_head_slot(
+            &storage,
+            &mut head_file,
+            Head {
+                sequence: 0,
+                segment_number: number,
+                first_lsn: plan.next_lsn,
+                generation: config.generation,
+                meta: meta.clone(),
+            },
+        )
+        .await?;
+        // Now the new segment carries the LSN position: segments voided by a truncation, and
+        // segments without records that no truncation depends on, go.
+        let mut removed_segments = plan.removed_segments.clone();
+        for &gone in plan.void_segments.iter().chain(&plan.empty_segments) {
+            storage.remove_segment(gone)?;
+            removed_segments.push(gone);
+        }
+        removed_segments.sort_unstable();
         let mut segments = VecDeque::new();
         let mut report_segments = Vec::new();
-        let mut removed_segments = plan.removed_segments.clone();
-        for scan in scans
-            .iter()
-            .filter(|s| plan.kept_segments.contains(&s.segment_number))
-        {
+        for scan in scans.iter().filter(|s| {
+            plan.kept_segments.contains(&s.segment_number)
+                && !plan.empty_segments.contains(&s.segment_number)
+        }) {
             let recovery::HeaderState::Valid(header) = &scan.header else {
                 continue;
             };
-            if scan.batches.is_empty() {
-                storage.remove_segment(scan.segment_number)?;
-                removed_segments.push(scan.segment_number);
-                continue;
-            }
+            let record_count = match plan.cuts.iter().find(|c| c.0 == scan.segment_number) {
+                Some(&(_, end_lsn)) => end_lsn - header.first_lsn,
+                None => scan.record_count(),
+            };
             segments.push_back(SegmentEntry {
                 number: scan.segment_number,
                 first_lsn: header.first_lsn,
@@ -388,7 +507,7 @@ impl<S: Storage> Journal<S> {
                 generation: header.generation,
                 first_lsn: header.first_lsn,
                 batch_count: scan.batches.len() as u64,
-                record_count: scan.record_count(),
+                record_count,
                 valid_bytes: scan.valid_end,
                 file_bytes: scan.file_bytes,
             });
@@ -408,6 +527,7 @@ impl<S: Storage> Journal<S> {
             torn_tail: plan.torn_tail.clone(),
             truncated_bytes,
             removed_segments,
+            meta: meta.clone(),
         };
         let slots = (0..=options.batches_in_flight_max)
             .map(|_| Slot {
@@ -452,6 +572,9 @@ impl<S: Storage> Journal<S> {
         let shared = Arc::new(Shared {
             storage,
             config,
+            head_slot_bytes: head_file.slot_bytes,
+            head: futures::lock::Mutex::new(head_file),
+            meta: Mutex::new(meta),
             state: Mutex::new(state),
             maintenance: Mutex::new(Maintenance {
                 request: Some(number + 1),
@@ -512,6 +635,46 @@ impl<S: Storage> Journal<S> {
         records: &'a [&'a [u8]],
     ) -> impl Future<Output = Result<Lsn>> + Send + 'a {
         self.shared.append(Records::Many(records))
+    }
+
+    /// Stores `bytes` as the journal's metadata, durably and atomically, in the HEAD file: once
+    /// this resolves, every later open reports it ([`RecoveryReport::meta`]); a crash while it
+    /// runs leaves the old value or the new one, never a torn or an older one. For small state
+    /// that must survive with the log, such as a Raft vote. At most
+    /// [`Journal::meta_bytes_max`] bytes.
+    ///
+    /// # Errors
+    /// [`Error::InvalidOptions`] when `bytes` is too long; [`Error::Poisoned`] if the journal
+    /// is; [`Error::Io`] if the write fails, which poisons the journal.
+    pub async fn set_meta(&self, bytes: &[u8]) -> Result<()> {
+        let max = self.meta_bytes_max();
+        if bytes.len() > max {
+            return Err(Error::InvalidOptions(format!(
+                "metadata of {} bytes exceeds the HEAD slot's {max}",
+                bytes.len()
+            )));
+        }
+        if let Some((_, error)) = &lock(&self.shared.state).poison {
+            return Err(Error::Poisoned(Arc::clone(error)));
+        }
+        self.shared
+            .write_head(|head| head.meta = bytes.to_vec())
+            .await
+            .map_err(|error| match &lock(&self.shared.state).poison {
+                Some((_, poison)) => Error::Poisoned(Arc::clone(poison)),
+                None => Error::Io(error),
+            })
+    }
+
+    /// The journal's metadata: what the last successful [`Journal::set_meta`] stored (empty if
+    /// none ever did).
+    pub fn meta(&self) -> Vec<u8> {
+        lock(&self.shared.meta).clone()
+    }
+
+    /// The most bytes [`Journal::set_meta`] takes (the HEAD slot less its header).
+    pub fn meta_bytes_max(&self) -> usize {
+        format::head_meta_bytes_max(self.shared.head_slot_bytes)
     }
 
     /// LSN of the last acknowledged (durable) record; `Lsn(0)` if there is none.
@@ -843,11 +1006,19 @@ impl<S: Storage> Shared<S> {
         );
         header_buf.set_len(self.config.block_bytes);
         let (result, header_buf) = self.storage.write_at(&segment, header_buf, 0).await;
+        lock(&self.state).header_buf = Some(header_buf);
+        result?;
+        // The HEAD names the new segment before any batch goes into it (`format`: a crash
+        // leaves at most one segment above the mark, holding nothing).
+        self.write_head(|head| {
+            head.segment_number = number;
+            head.first_lsn = job.first_lsn;
+            head.generation = self.config.generation;
+        })
+        .await?;
         {
             let mut guard = lock(&self.state);
             let state = &mut *guard;
-            state.header_buf = Some(header_buf);
-            result?;
             let block = self.config.block_bytes as u64;
             let padded = format::round_up(job.len, self.config.block_bytes) as u64;
             state.active = ActiveSegment {
@@ -871,6 +1042,43 @@ impl<S: Storage> Shared<S> {
         self.maintenance_wake.notify_one();
         wake_all(wake_list);
         Ok(())
+    }
+
+    /// Writes a new HEAD value, made by `update` from the current one. Refused once the journal
+    /// is poisoned; a failure poisons it (a HEAD write is never retried and assumed).
+    async fn write_head(&self, update: impl FnOnce(&mut Head)) -> io::Result<()> {
+        let mut file = self.head.lock().await;
+        if let Some((_, error)) = &lock(&self.state).poison {
+            return Err(io::Error::new(error.kind(), error.to_string()));
+        }
+        let mut next = file.current.clone();
+        update(&mut next);
+        let result = write_head_slot(&self.storage, &mut file, next).await;
+        match result {
+            Ok(()) => {
+                *lock(&self.meta) = file.current.meta.clone();
+                Ok(())
+            }
+            Err(error) => {
+                let message = format!("writing the HEAD file failed: {error}");
+                let mut state = lock(&self.state);
+                let next_lsn = state.next_lsn;
+                if state.poison.is_none() {
+                    state.poison =
+                        Some((next_lsn, Arc::new(io::Error::new(error.kind(), message))));
+                }
+                let mut wake_list: Vec<Waker> = Vec::new();
+                for slot in &state.slots {
+                    wake_list.extend(slot.waiters.iter().cloned());
+                }
+                wake_list.append(&mut state.space_waiters);
+                wake_list.append(&mut state.idle_lanes);
+                wake_list.extend(state.rotation_waker.take());
+                drop(state);
+                wake_all(&mut wake_list);
+                Err(error)
+            }
+        }
     }
 
     /// Records the result of batch `seq` and acknowledges every batch that is now durable in

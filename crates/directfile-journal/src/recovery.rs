@@ -15,7 +15,8 @@
 
 use std::fmt;
 
-use crate::format::{self, FormatError, SegmentHeader};
+pub use crate::format::HeadState;
+use crate::format::{self, FormatError, Head, SegmentHeader};
 
 /// What recovery does with damage it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -233,13 +234,22 @@ impl fmt::Display for Corruption {
     }
 }
 
-/// What recovery found and what it will do, computed from the scans alone.
+/// What recovery found and what it will do, computed from the HEAD and the scans alone.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Plan {
     /// Segments that hold the journal (valid headers, continuous LSNs), oldest first.
     pub kept_segments: Vec<u64>,
-    /// Trailing segments that hold nothing: never used (all zeros) or with a torn header.
+    /// Segments above the high-water mark: they hold nothing (the segment being started, or
+    /// the spare being made, when the machine stopped).
     pub removed_segments: Vec<u64>,
+    /// Segments whose records an explicit truncation voided as a whole.
+    pub void_segments: Vec<u64>,
+    /// Kept segments cut by an explicit truncation: `(segment, end_lsn)`, their records at
+    /// and above `end_lsn` are void (the next kept segment starts there, with the TRUNCATES flag).
+    pub cuts: Vec<(u64, u64)>,
+    /// Kept segments without records that can go once a newer segment is started: the next
+    /// segment's header carries their LSN position, and no truncation depends on them.
+    pub empty_segments: Vec<u64>,
     /// The torn tail, if any: a cut inside the last kept segment or a torn segment header.
     pub torn_tail: Option<TornTail>,
     /// Where to cut the last kept segment (its `valid_end`) if it has a torn tail.
@@ -247,42 +257,168 @@ pub struct Plan {
     pub first_lsn: Option<u64>,
     pub next_lsn: u64,
     pub record_count: u64,
-    /// Highest generation found in a valid segment header (0 if none).
+    /// Highest generation found in a valid segment header or the HEAD (0 if none).
     pub max_generation: u64,
+    /// The HEAD's value, when it has a valid slot.
+    pub head: Option<Head>,
 }
 
-/// Decides, from the scans of every segment file (in ascending segment number), which records
-/// the journal holds, whether there is a torn tail, and whether anything is corrupt.
+/// One kept segment while the chain is built.
+struct Link {
+    number: u64,
+    first_lsn: u64,
+    /// LSN after its last record on disk.
+    next_lsn: u64,
+    /// LSN after its last record that counts (lower than `next_lsn` when a truncation cut it).
+    end_lsn: u64,
+    has_records: bool,
+}
+
+/// A list of segment numbers for messages: "4, 5 and 6".
+fn numbers_text(numbers: &[u64]) -> String {
+    match numbers {
+        [] => String::new(),
+        [one] => one.to_string(),
+        [rest @ .., last] => format!(
+            "{} and {last}",
+            rest.iter()
+                .map(u64::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Decides, from the HEAD and the scans of every segment file (in ascending segment number),
+/// which records the journal holds, whether there is a torn tail, and whether anything is
+/// corrupt. The rules are in [`format`](crate::format) ("Rules that make a lost tail
+/// visible", "Explicit truncation").
 ///
 /// # Errors
-/// [`Corruption`] naming the first segment and offset that a crash cannot explain.
-pub fn plan(scans: &[SegmentScan]) -> Result<Plan, Corruption> {
-    let mut kept = scans.len();
-    let mut removed_segments = Vec::new();
-    let mut torn_tail = None;
-    // Trailing segments without a valid header and without data: spares (all zeros) or a torn
-    // header write at rotation (then nothing was written after the header block: the batch
-    // that follows is written only once the header write completed). A torn write may leave
-    // garbage anywhere in the header block, not only in the header's 64 bytes; the block size
-    // is the previous segment's (the same writer wrote both), or the smallest block, 512,
-    // when there is no previous segment.
-    while kept > 0 {
-        let scan = &scans[kept - 1];
-        let header_block_bytes = scans[..kept - 1]
+/// [`Corruption`] naming the first segment and offset (and, for a lost tail, every segment)
+/// that a crash cannot explain.
+pub fn plan(head: &HeadState, scans: &[SegmentScan]) -> Result<Plan, Corruption> {
+    let mark = match head {
+        HeadState::Valid { head, .. } => Some(head),
+        HeadState::Absent | HeadState::Unreadable { .. } => None,
+    };
+    let mark_number = mark.map_or(0, |h| h.segment_number);
+    let (below, above) = scans.split_at(scans.partition_point(|s| s.segment_number <= mark_number));
+    // Whether a segment holds anything but a header: records, or bytes that are not zeros.
+    let holds_records = |scan: &SegmentScan| match scan.header {
+        HeaderState::Unused => false,
+        HeaderState::Valid(_) => !scan.batches.is_empty() || scan.end != SegmentEnd::Clean,
+        HeaderState::Invalid { .. } => true,
+    };
+    let Some(mark) = mark else {
+        // No readable HEAD: only a journal that never held a record (a crash while it was first
+        // created) may lack one.
+        let why = match head {
+            HeadState::Unreadable { slot_errors } => format!(
+                "the HEAD file is unreadable ({})",
+                slot_errors
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+            _ => "the HEAD file is missing".to_string(),
+        };
+        if let Some(scan) = scans.iter().find(|s| holds_records(s)) {
+            let torn_header_only = matches!(
+                &scan.header,
+                HeaderState::Invalid { nonzero_end, .. }
+                    if *nonzero_end <= format::BLOCK_BYTES_MAX as u64
+            );
+            if !(torn_header_only && scans.len() == 1) {
+                return Err(Corruption {
+                    segment_number: scan.segment_number,
+                    offset: 0,
+                    reason: format!(
+                        "{why}, but segment {} holds data: the HEAD names the newest segment, \
+                         without it a lost tail cannot be told apart",
+                        scan.segment_number
+                    ),
+                });
+            }
+        }
+        if scans.len() > 1 {
+            let numbers: Vec<u64> = scans.iter().map(|s| s.segment_number).collect();
+            return Err(Corruption {
+                segment_number: scans[0].segment_number,
+                offset: 0,
+                reason: format!(
+                    "{why} and there are {} segments ({}); a journal that crashed while it was \
+                     created has at most one",
+                    scans.len(),
+                    numbers_text(&numbers)
+                ),
+            });
+        }
+        let torn_tail = scans.first().and_then(|scan| match &scan.header {
+            HeaderState::Invalid { reason, .. } => Some(TornTail {
+                segment_number: scan.segment_number,
+                offset: 0,
+                damaged_bytes: format::SEGMENT_HEADER_BYTES as u64,
+                reason: format!("segment header: {reason}"),
+            }),
+            _ => None,
+        });
+        let max_generation = scans
             .iter()
-            .rev()
-            .find_map(|s| match &s.header {
-                HeaderState::Valid(header) => Some(u64::from(header.block_bytes)),
+            .filter_map(|s| match &s.header {
+                HeaderState::Valid(header) => Some(header.generation),
                 _ => None,
             })
-            .unwrap_or(512);
+            .max()
+            .unwrap_or(0);
+        return Ok(Plan {
+            kept_segments: Vec::new(),
+            removed_segments: scans.iter().map(|s| s.segment_number).collect(),
+            void_segments: Vec::new(),
+            cuts: Vec::new(),
+            empty_segments: Vec::new(),
+            torn_tail,
+            truncate: None,
+            first_lsn: None,
+            next_lsn: 1,
+            record_count: 0,
+            max_generation,
+            head: None,
+        });
+    };
+
+    // Above the high-water mark: at most one segment, holding nothing.
+    if above.len() > 1 {
+        let numbers: Vec<u64> = above.iter().map(|s| s.segment_number).collect();
+        return Err(Corruption {
+            segment_number: above[0].segment_number,
+            offset: 0,
+            reason: format!(
+                "segments {} lie above the high-water mark (segment {mark_number}, in HEAD); a \
+                 crash leaves at most one, holding no records",
+                numbers_text(&numbers)
+            ),
+        });
+    }
+    let header_block_bytes = below
+        .iter()
+        .rev()
+        .find_map(|s| match &s.header {
+            HeaderState::Valid(header) => Some(u64::from(header.block_bytes)),
+            _ => None,
+        })
+        .unwrap_or(512);
+    let mut torn_tail = None;
+    if let Some(scan) = above.first() {
         match &scan.header {
             HeaderState::Unused => {}
+            HeaderState::Valid(_) if scan.batches.is_empty() && scan.end == SegmentEnd::Clean => {}
             HeaderState::Invalid {
                 reason,
                 nonzero_end,
                 ..
-            } if torn_tail.is_none() && *nonzero_end <= header_block_bytes => {
+            } if *nonzero_end <= header_block_bytes => {
                 torn_tail = Some(TornTail {
                     segment_number: scan.segment_number,
                     offset: 0,
@@ -290,19 +426,82 @@ pub fn plan(scans: &[SegmentScan]) -> Result<Plan, Corruption> {
                     reason: format!("segment header: {reason}"),
                 });
             }
-            _ => break,
+            _ => {
+                return Err(Corruption {
+                    segment_number: scan.segment_number,
+                    offset: 0,
+                    reason: format!(
+                        "segment {} lies above the high-water mark (segment {mark_number}, in \
+                         HEAD) but holds data: no batch is written into a segment before the \
+                         HEAD names it",
+                        scan.segment_number
+                    ),
+                })
+            }
         }
-        removed_segments.push(scan.segment_number);
-        kept -= 1;
     }
-    removed_segments.reverse();
-    let scans = &scans[..kept];
-    let mut next_lsn: Option<u64> = None;
-    let mut first_lsn = None;
-    let mut record_count = 0;
-    let mut max_generation = 0;
+
+    // The segment the HEAD names must be there, as the HEAD describes it.
+    let zeroed_tail: Vec<u64> = below
+        .iter()
+        .rev()
+        .take_while(|s| matches!(s.header, HeaderState::Unused))
+        .map(|s| s.segment_number)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    let lost = |what: String| Corruption {
+        segment_number: mark_number,
+        offset: 0,
+        reason: format!(
+            "{what}; the HEAD names it as the newest started segment (first LSN {}, generation \
+             {}), so acknowledged records may have been lost",
+            mark.first_lsn, mark.generation
+        ),
+    };
+    match below.last() {
+        Some(scan) if scan.segment_number == mark_number => match &scan.header {
+            HeaderState::Valid(header)
+                if header.first_lsn == mark.first_lsn && header.generation == mark.generation => {}
+            HeaderState::Valid(header) => {
+                return Err(lost(format!(
+                    "segment {mark_number} starts at LSN {} in generation {}",
+                    header.first_lsn, header.generation
+                )))
+            }
+            HeaderState::Unused => {
+                return Err(lost(if zeroed_tail.len() > 1 {
+                    format!("segments {} are all zeros", numbers_text(&zeroed_tail))
+                } else {
+                    format!("segment {mark_number} is all zeros")
+                }))
+            }
+            HeaderState::Invalid { reason, .. } => {
+                return Err(lost(format!(
+                    "segment {mark_number} has an invalid header ({reason})"
+                )))
+            }
+        },
+        _ => {
+            let mut what = format!("segment {mark_number} is missing");
+            if !zeroed_tail.is_empty() {
+                what.push_str(&format!(
+                    " and segments {} are all zeros",
+                    numbers_text(&zeroed_tail)
+                ));
+            }
+            return Err(lost(what));
+        }
+    }
+
+    // The chain of segments up to the mark: valid headers, continuous LSNs (or an explicit
+    // truncation), damage only at the tail of the last one.
+    let mut chain: Vec<Link> = Vec::new();
+    let mut void_segments = Vec::new();
+    let mut max_generation = mark.generation;
     let mut truncate = None;
-    for (index, scan) in scans.iter().enumerate() {
+    for (index, scan) in below.iter().enumerate() {
         let header = match &scan.header {
             HeaderState::Valid(header) => header,
             HeaderState::Unused => {
@@ -320,24 +519,33 @@ pub fn plan(scans: &[SegmentScan]) -> Result<Plan, Corruption> {
                 })
             }
         };
-        if let Some(expected) = next_lsn {
+        if let Some(previous) = chain.last() {
+            let expected = previous.end_lsn;
             if header.first_lsn != expected {
-                return Err(Corruption {
-                    segment_number: scan.segment_number,
-                    offset: 0,
-                    reason: format!(
-                        "segment starts at LSN {} but the previous segment ends before LSN {expected}",
-                        header.first_lsn
-                    ),
-                });
+                if !(header.truncates && header.first_lsn < expected) {
+                    return Err(Corruption {
+                        segment_number: scan.segment_number,
+                        offset: 0,
+                        reason: format!(
+                            "segment starts at LSN {} but the previous segment ends before LSN {expected}",
+                            header.first_lsn
+                        ),
+                    });
+                }
+                // An explicit truncation: earlier records at and above first_lsn are void.
+                while chain
+                    .last()
+                    .is_some_and(|link| link.first_lsn >= header.first_lsn)
+                {
+                    void_segments.push(chain.pop().expect("a link").number);
+                }
+                if let Some(cut) = chain.last_mut() {
+                    cut.end_lsn = header.first_lsn;
+                }
             }
         }
         max_generation = max_generation.max(header.generation);
-        if first_lsn.is_none() && !scan.batches.is_empty() {
-            first_lsn = Some(header.first_lsn);
-        }
-        record_count += scan.record_count();
-        next_lsn = scan.next_lsn();
+        let next_lsn = scan.next_lsn().expect("a valid header");
         if let SegmentEnd::Damaged {
             offset,
             reason,
@@ -345,7 +553,7 @@ pub fn plan(scans: &[SegmentScan]) -> Result<Plan, Corruption> {
             within_torn_window,
         } = &scan.end
         {
-            let last = index + 1 == scans.len();
+            let last = index + 1 == below.len();
             if !last || !within_torn_window || torn_tail.is_some() {
                 let why = if !last {
                     "damage before the last segment"
@@ -368,17 +576,62 @@ pub fn plan(scans: &[SegmentScan]) -> Result<Plan, Corruption> {
             });
             truncate = Some((scan.segment_number, scan.valid_end));
         }
+        chain.push(Link {
+            number: scan.segment_number,
+            first_lsn: header.first_lsn,
+            next_lsn,
+            end_lsn: next_lsn,
+            has_records: !scan.batches.is_empty(),
+        });
     }
+    void_segments.sort_unstable();
+    // An empty segment may go unless a truncation depends on it: its TRUNCATES flag cuts the
+    // segment before it (which holds records beyond its first LSN), and without it the next
+    // segment would start below where that one ends.
+    let mut empty_segments = Vec::new();
+    for (index, link) in chain.iter().enumerate() {
+        let cuts_previous = index > 0 && chain[index - 1].next_lsn != link.first_lsn;
+        if !link.has_records && !cuts_previous {
+            empty_segments.push(link.number);
+        }
+    }
+    let counted = |link: &Link| link.end_lsn - link.first_lsn;
     Ok(Plan {
-        kept_segments: scans.iter().map(|s| s.segment_number).collect(),
-        removed_segments,
+        kept_segments: chain.iter().map(|link| link.number).collect(),
+        removed_segments: above.iter().map(|s| s.segment_number).collect(),
+        void_segments,
+        cuts: chain
+            .iter()
+            .filter(|link| link.end_lsn < link.next_lsn)
+            .map(|link| (link.number, link.end_lsn))
+            .collect(),
+        empty_segments,
         torn_tail,
         truncate,
-        first_lsn,
-        next_lsn: next_lsn.unwrap_or(1),
-        record_count,
+        first_lsn: chain
+            .iter()
+            .find(|link| counted(link) > 0)
+            .map(|link| link.first_lsn),
+        next_lsn: chain.last().expect("the mark's segment").end_lsn,
+        record_count: chain.iter().map(counted).sum(),
         max_generation,
+        head: Some(mark.clone()),
     })
+}
+
+/// The HEAD and the segment scans of a disk image keyed by segment number, the HEAD file under
+/// [`HEAD_NUMBER`](crate::storage::HEAD_NUMBER) (as [`MemStorage::files`](crate::MemStorage::files)
+/// and its crash images hold them): what [`plan`] takes.
+pub fn scan_image(
+    files: &std::collections::BTreeMap<u64, Vec<u8>>,
+) -> (HeadState, Vec<SegmentScan>) {
+    let head = format::decode_head(files.get(&crate::storage::HEAD_NUMBER).map(Vec::as_slice));
+    let scans = files
+        .iter()
+        .filter(|(&number, _)| number != crate::storage::HEAD_NUMBER)
+        .map(|(&number, bytes)| scan_segment(number, bytes))
+        .collect();
+    (head, scans)
 }
 
 /// Per-segment line of a [`RecoveryReport`].
@@ -412,6 +665,8 @@ pub struct RecoveryReport {
     /// Segments removed: unused spares, half-created segments, and segments without records
     /// (the new segment's header carries their LSN position).
     pub removed_segments: Vec<u64>,
+    /// The journal's metadata (`Journal::set_meta`), from the HEAD.
+    pub meta: Vec<u8>,
 }
 
 impl fmt::Display for RecoveryReport {
@@ -459,7 +714,36 @@ mod tests {
             first_lsn,
             batch_bytes_max: 4 * BLOCK as u32,
             batches_in_flight_max: 2,
+            truncates: false,
         }
+    }
+
+    /// A HEAD naming segment `number` (generation 1, as `header` makes them).
+    fn head_at(number: u64, first_lsn: u64) -> HeadState {
+        HeadState::Valid {
+            head: Head {
+                sequence: 1,
+                segment_number: number,
+                first_lsn,
+                generation: 1,
+                meta: Vec::new(),
+            },
+            slot_bytes: 512,
+        }
+    }
+
+    /// The plan with a HEAD naming the newest segment that has a valid header, as the journal
+    /// leaves it.
+    fn plan_all(scans: &[SegmentScan]) -> Result<Plan, Corruption> {
+        let head = scans
+            .iter()
+            .rev()
+            .find_map(|s| match &s.header {
+                HeaderState::Valid(h) => Some(head_at(h.segment_number, h.first_lsn)),
+                _ => None,
+            })
+            .unwrap_or(HeadState::Absent);
+        plan(&head, scans)
     }
 
     /// A segment holding `batches` batches of `per_batch` records each; returns the bytes and
@@ -496,7 +780,7 @@ mod tests {
         assert_eq!(scan.end, SegmentEnd::Clean);
         assert_eq!(scan.record_count(), 15);
         assert_eq!(scan.next_lsn(), Some(16));
-        let plan = plan(&[scan]).unwrap();
+        let plan = plan_all(&[scan]).unwrap();
         assert_eq!(plan.next_lsn, 16);
         assert_eq!(plan.torn_tail, None);
         assert_eq!(offsets[0], BLOCK);
@@ -515,7 +799,7 @@ mod tests {
                 ..
             }
         ));
-        let plan = plan(&[scan]).unwrap();
+        let plan = plan_all(&[scan]).unwrap();
         let torn = plan.torn_tail.unwrap();
         assert_eq!((torn.segment_number, torn.offset), (1, offsets[4] as u64));
         assert_eq!(plan.truncate, Some((1, offsets[4] as u64)));
@@ -529,7 +813,7 @@ mod tests {
         bytes[offsets[3]..offsets[4]].fill(0);
         let scan = scan_segment(1, &bytes);
         assert_eq!(scan.batches.len(), 3);
-        let plan = plan(&[scan]).unwrap();
+        let plan = plan_all(&[scan]).unwrap();
         assert_eq!(plan.torn_tail.unwrap().offset, offsets[3] as u64);
         assert_eq!(plan.next_lsn, 4);
     }
@@ -546,7 +830,7 @@ mod tests {
                 ..
             }
         ));
-        let error = plan(&[scan]).unwrap_err();
+        let error = plan_all(&[scan]).unwrap_err();
         assert_eq!((error.segment_number, error.offset), (1, offsets[1] as u64));
     }
 
@@ -555,7 +839,7 @@ mod tests {
         let (mut first, offsets) = segment(1, 1, 3, 2);
         let (second, _) = segment(2, 7, 2, 2);
         first[offsets[2] + 50] ^= 4;
-        let error = plan(&[scan_segment(1, &first), scan_segment(2, &second)]).unwrap_err();
+        let error = plan_all(&[scan_segment(1, &first), scan_segment(2, &second)]).unwrap_err();
         assert_eq!(error.segment_number, 1);
     }
 
@@ -563,39 +847,222 @@ mod tests {
     fn gap_between_segments_is_corruption() {
         let (first, _) = segment(1, 1, 3, 2);
         let (third, _) = segment(3, 9, 2, 2);
-        let error = plan(&[scan_segment(1, &first), scan_segment(3, &third)]).unwrap_err();
+        let error = plan_all(&[scan_segment(1, &first), scan_segment(3, &third)]).unwrap_err();
         assert_eq!((error.segment_number, error.offset), (3, 0));
     }
 
     #[test]
-    fn unused_and_half_created_trailing_segments_are_removed() {
+    fn one_unused_or_half_created_segment_above_the_mark_is_removed() {
         let (first, _) = segment(1, 1, 3, 2);
         let mut torn_header = vec![0u8; SEGMENT_BYTES];
         torn_header[..20].fill(0x5A);
         let unused = vec![0u8; SEGMENT_BYTES];
+        let (started, _) = segment(2, 7, 0, 0);
+        for (above, torn) in [(&torn_header, true), (&unused, false), (&started, false)] {
+            let plan = plan(
+                &head_at(1, 1),
+                &[scan_segment(1, &first), scan_segment(2, above)],
+            )
+            .unwrap();
+            assert_eq!(plan.kept_segments, vec![1]);
+            assert_eq!(plan.removed_segments, vec![2]);
+            assert_eq!(plan.torn_tail.is_some(), torn);
+            assert_eq!(plan.next_lsn, 7);
+        }
+        // Two above the mark: more than any crash leaves.
+        let error = plan(
+            &head_at(1, 1),
+            &[
+                scan_segment(1, &first),
+                scan_segment(2, &torn_header),
+                scan_segment(3, &unused),
+            ],
+        )
+        .unwrap_err();
+        assert_eq!(error.segment_number, 2);
+        assert!(
+            error.reason.contains("segments 2 and 3 lie above"),
+            "{error}"
+        );
+        // A batch above the mark: it was written before the HEAD named its segment.
+        let (ahead, _) = segment(2, 7, 1, 1);
+        let error = plan(
+            &head_at(1, 1),
+            &[scan_segment(1, &first), scan_segment(2, &ahead)],
+        )
+        .unwrap_err();
+        assert!(error.reason.contains("holds data"), "{error}");
+    }
+
+    #[test]
+    fn a_zeroed_tail_is_corruption_naming_the_segments() {
+        // Eight segments of records, the HEAD naming the eighth; then the six newest files
+        // (the spare 9 included) are zeroed.
+        let mut files: Vec<Vec<u8>> = (0..8)
+            .map(|i| segment(i as u64 + 1, 1 + 2 * i as u64, 1, 2).0)
+            .collect();
+        files.push(vec![0u8; SEGMENT_BYTES]);
+        for file in &mut files[3..] {
+            file.fill(0);
+        }
+        let scans: Vec<SegmentScan> = files
+            .iter()
+            .enumerate()
+            .map(|(i, bytes)| scan_segment(i as u64 + 1, bytes))
+            .collect();
+        let error = plan(&head_at(8, 15), &scans).unwrap_err();
+        assert_eq!(error.segment_number, 8);
+        assert!(
+            error
+                .reason
+                .contains("segments 4, 5, 6, 7 and 8 are all zeros"),
+            "{error}"
+        );
+        assert!(error
+            .reason
+            .contains("acknowledged records may have been lost"));
+        // The newest alone, and the newest removed.
+        let error = plan(&head_at(8, 15), &scans[..8]).unwrap_err();
+        assert_eq!(error.segment_number, 8);
+        let mut intact: Vec<SegmentScan> = (0..7)
+            .map(|i| {
+                scan_segment(
+                    i as u64 + 1,
+                    &segment(i as u64 + 1, 1 + 2 * i as u64, 1, 2).0,
+                )
+            })
+            .collect();
+        let error = plan(&head_at(8, 15), &intact).unwrap_err();
+        assert!(error.reason.contains("segment 8 is missing"), "{error}");
+        // A segment that is not the one the HEAD describes (another generation or start).
+        intact.push(scan_segment(8, &segment(8, 99, 1, 2).0));
+        let error = plan(&head_at(8, 15), &intact).unwrap_err();
+        assert!(error.reason.contains("starts at LSN 99"), "{error}");
+    }
+
+    #[test]
+    fn without_a_head_only_a_journal_without_records_opens() {
+        let (empty, _) = segment(1, 1, 0, 0);
+        let fresh = plan(&HeadState::Absent, &[scan_segment(1, &empty)]).unwrap();
+        assert_eq!((fresh.next_lsn, fresh.record_count), (1, 0));
+        assert_eq!(fresh.removed_segments, vec![1]);
+        assert_eq!(plan(&HeadState::Absent, &[]).unwrap().next_lsn, 1);
+        let (full, _) = segment(1, 1, 2, 2);
+        let error = plan(&HeadState::Absent, &[scan_segment(1, &full)]).unwrap_err();
+        assert!(error.reason.contains("the HEAD file is missing"), "{error}");
+        let unreadable = format::decode_head(Some(&[0x11u8; 1024]));
+        assert!(matches!(unreadable, HeadState::Unreadable { .. }));
+        let error = plan(&unreadable, &[scan_segment(1, &full)]).unwrap_err();
+        assert!(
+            error.reason.contains("the HEAD file is unreadable"),
+            "{error}"
+        );
+        let (empty_too, _) = segment(2, 1, 0, 0);
+        let error = plan(
+            &HeadState::Absent,
+            &[scan_segment(1, &empty), scan_segment(2, &empty_too)],
+        )
+        .unwrap_err();
+        assert!(error.reason.contains("at most one"), "{error}");
+    }
+
+    #[test]
+    fn a_truncating_segment_cuts_the_records_before_it() {
+        // Segment 1: LSNs 1..=12; segment 2 truncates at 5 and holds 5..=8.
+        let (first, _) = segment(1, 1, 4, 3);
+        let truncating = SegmentHeader {
+            truncates: true,
+            ..header(2, 5)
+        };
+        let mut second = vec![0u8; SEGMENT_BYTES];
+        encode_segment_header(&truncating, &mut second);
+        let payloads = [[1u8; 10]; 4];
+        let refs: Vec<&[u8]> = payloads.iter().map(|p| p.as_slice()).collect();
+        encode_batch(&mut second[BLOCK..], &truncating, 5, &refs);
+        let scans = [scan_segment(1, &first), scan_segment(2, &second)];
+        let plan = plan(&head_at(2, 5), &scans).unwrap();
+        assert_eq!(plan.kept_segments, vec![1, 2]);
+        assert_eq!(plan.cuts, vec![(1, 5)]);
+        assert_eq!((plan.record_count, plan.next_lsn), (4 + 4, 9));
+        assert!(plan.empty_segments.is_empty());
+        // The same start without the flag is a break in the LSN sequence.
+        let mut unflagged = second.clone();
+        encode_segment_header(&header(2, 5), &mut unflagged);
+        let error = super::plan(
+            &head_at(2, 5),
+            &[scan_segment(1, &first), scan_segment(2, &unflagged)],
+        )
+        .unwrap_err();
+        assert!(error.reason.contains("starts at LSN 5"), "{error}");
+        // An empty truncating segment is kept: without it segment 1's records would count.
+        let mut empty = vec![0u8; SEGMENT_BYTES];
+        encode_segment_header(&truncating, &mut empty);
+        let (after, _) = segment(3, 5, 1, 1);
+        let plan = super::plan(
+            &head_at(3, 5),
+            &[
+                scan_segment(1, &first),
+                scan_segment(2, &empty),
+                scan_segment(3, &after),
+            ],
+        )
+        .unwrap();
+        assert_eq!(plan.cuts, vec![(1, 5)]);
+        assert!(plan.empty_segments.is_empty());
+        assert_eq!((plan.record_count, plan.next_lsn), (5, 6));
+    }
+
+    #[test]
+    fn a_truncation_below_a_segment_voids_it_whole() {
+        let (first, _) = segment(1, 1, 2, 3);
+        let (second, _) = segment(2, 7, 2, 3);
+        let truncating = SegmentHeader {
+            truncates: true,
+            ..header(3, 4)
+        };
+        let mut third = vec![0u8; SEGMENT_BYTES];
+        encode_segment_header(&truncating, &mut third);
         let scans = [
             scan_segment(1, &first),
-            scan_segment(2, &torn_header),
-            scan_segment(3, &unused),
+            scan_segment(2, &second),
+            scan_segment(3, &third),
         ];
-        let plan = plan(&scans).unwrap();
-        assert_eq!(plan.kept_segments, vec![1]);
-        assert_eq!(plan.removed_segments, vec![2, 3]);
-        assert_eq!(plan.torn_tail.unwrap().segment_number, 2);
-        assert_eq!(plan.next_lsn, 7);
+        let plan = plan(&head_at(3, 4), &scans).unwrap();
+        assert_eq!(plan.kept_segments, vec![1, 3]);
+        assert_eq!(plan.void_segments, vec![2]);
+        assert_eq!(plan.cuts, vec![(1, 4)]);
+        assert_eq!((plan.record_count, plan.next_lsn), (3, 4));
+        // Truncating everything: the first record kept stays where the truncation says.
+        let everything = SegmentHeader {
+            truncates: true,
+            ..header(3, 1)
+        };
+        encode_segment_header(&everything, &mut third);
+        let plan = super::plan(
+            &head_at(3, 1),
+            &[
+                scan_segment(1, &first),
+                scan_segment(2, &second),
+                scan_segment(3, &third),
+            ],
+        )
+        .unwrap();
+        assert_eq!(plan.kept_segments, vec![3]);
+        assert_eq!(plan.void_segments, vec![1, 2]);
+        assert_eq!(
+            (plan.record_count, plan.next_lsn, plan.first_lsn),
+            (0, 1, None)
+        );
     }
 
     #[test]
     fn empty_segment_keeps_its_first_lsn() {
         let (first, _) = segment(1, 1, 1, 1);
         let (second, _) = segment(2, 2, 0, 0);
-        let plan = plan(&[scan_segment(1, &first), scan_segment(2, &second)]).unwrap();
+        let plan = plan_all(&[scan_segment(1, &first), scan_segment(2, &second)]).unwrap();
         assert_eq!(plan.next_lsn, 2);
         let (alone, _) = segment(5, 1000, 0, 0);
-        assert_eq!(
-            super::plan(&[scan_segment(5, &alone)]).unwrap().next_lsn,
-            1000
-        );
+        assert_eq!(plan_all(&[scan_segment(5, &alone)]).unwrap().next_lsn, 1000);
     }
 
     #[test]
@@ -627,10 +1094,10 @@ mod tests {
         let (mut bytes, offsets) = segment(1, 1, 16, 1);
         bytes[offsets[4]..offsets[5]].fill(0);
         let scan = scan_segment(1, &bytes[..offsets[4] + 6144]);
-        assert_eq!(plan(&[scan]).unwrap().next_lsn, 5);
+        assert_eq!(plan_all(&[scan]).unwrap().next_lsn, 5);
         // One written block further is beyond any crash.
         bytes[offsets[4] + 6144] = 1;
-        assert!(plan(&[scan_segment(1, &bytes)]).is_err());
+        assert!(plan_all(&[scan_segment(1, &bytes)]).is_err());
     }
 
     #[test]
@@ -638,7 +1105,7 @@ mod tests {
         let (first, _) = segment(1, 1, 3, 2);
         let mut torn = vec![0u8; SEGMENT_BYTES];
         torn[..BLOCK].fill(0xA5);
-        let plan_of = |second: &[u8]| plan(&[scan_segment(1, &first), scan_segment(2, second)]);
+        let plan_of = |second: &[u8]| plan_all(&[scan_segment(1, &first), scan_segment(2, second)]);
         let torn_plan = plan_of(&torn).unwrap();
         assert_eq!(torn_plan.removed_segments, vec![2]);
         assert_eq!(torn_plan.torn_tail.unwrap().segment_number, 2);
@@ -661,7 +1128,7 @@ mod tests {
                 bytes[*at..end].copy_from_slice(&data[..end - at]);
             }
             let scans = [scan_segment(1, &bytes), scan_segment(2, &garbage_segment)];
-            if let Ok(plan) = plan(&scans) {
+            if let Ok(plan) = plan_all(&scans) {
                 prop_assert!(plan.next_lsn >= 1);
                 prop_assert!(plan.record_count <= 24);
                 for batch in &scans[0].batches {

@@ -111,7 +111,19 @@ pub trait Storage: Send + Sync + 'static {
         segment: &Self::Segment,
         len: u64,
     ) -> impl Future<Output = io::Result<()>> + Send;
+    /// Opens the journal's `HEAD` file (the high-water mark and the user's metadata, see
+    /// [`format`](crate::format)), which the journal reads and writes like a segment.
+    /// `Ok(None)` when it does not exist and `create` is false; with `create` a missing file
+    /// is made (empty) and its directory entry made durable.
+    fn open_head(&self, create: bool) -> io::Result<Option<Self::Segment>>;
 }
+
+/// File name of the HEAD file.
+pub const HEAD_FILE_NAME: &str = "HEAD";
+
+/// The number under which [`MemStorage`] keeps the HEAD file in [`MemStorage::files`] (segment
+/// numbers start at 1).
+pub const HEAD_NUMBER: u64 = 0;
 
 /// File name of segment `number`.
 pub fn segment_file_name(number: u64) -> String {
@@ -431,6 +443,7 @@ impl Storage for MemStorage {
             .files
             .keys()
             .copied()
+            .filter(|&number| number != HEAD_NUMBER)
             .collect())
     }
 
@@ -566,9 +579,21 @@ impl Storage for MemStorage {
     async fn truncate_segment(&self, segment: &MemSegment, len: u64) -> io::Result<()> {
         let mut disk = self.disk.lock().expect("mem disk");
         if let Some(file) = disk.files.get_mut(&segment.0) {
-            file.truncate(len as usize);
+            file.resize(len as usize, 0);
         }
         Ok(())
+    }
+
+    fn open_head(&self, create: bool) -> io::Result<Option<MemSegment>> {
+        let mut disk = self.disk.lock().expect("mem disk");
+        match disk.files.entry(HEAD_NUMBER) {
+            std::collections::btree_map::Entry::Occupied(_) => {}
+            std::collections::btree_map::Entry::Vacant(_) if !create => return Ok(None),
+            std::collections::btree_map::Entry::Vacant(entry) => {
+                entry.insert(Vec::new());
+            }
+        }
+        Ok(Some(MemSegment(HEAD_NUMBER)))
     }
 }
 
@@ -768,6 +793,21 @@ impl Storage for StdStorage {
     async fn truncate_segment(&self, segment: &StdSegment, len: u64) -> io::Result<()> {
         segment.0.set_len(len)?;
         segment.0.sync_all()
+    }
+
+    fn open_head(&self, create: bool) -> io::Result<Option<StdSegment>> {
+        let path = self.dir.join(HEAD_FILE_NAME);
+        match open_direct(&path, false) {
+            Ok(file) => Ok(Some(StdSegment(Arc::new(file)))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound && create => {
+                let file = open_direct(&path, true)?;
+                file.sync_all()?;
+                sync_dir(&self.dir)?;
+                Ok(Some(StdSegment(Arc::new(file))))
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 }
 

@@ -11,9 +11,9 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use crate::format::{self, RECORD_HEADER_BYTES};
+use crate::format::{self, HeadState, RECORD_HEADER_BYTES};
 use crate::recovery::{self, HeaderState, Plan, SegmentEnd, SegmentScan};
-use crate::storage::{list_segment_files, segment_file_name};
+use crate::storage::{list_segment_files, segment_file_name, HEAD_FILE_NAME};
 use crate::{Corruption, DirectFileStorage, Journal, JournalOptions, StdStorage, Storage};
 
 // ---------------------------------------------------------------------------------------------
@@ -28,10 +28,44 @@ fn scan_dir(dir: &Path) -> io::Result<Vec<(SegmentScan, Vec<u8>)>> {
     Ok(scans)
 }
 
-/// Everything in a journal directory: segments, batches, records.
+/// Reads and decodes the HEAD file of the journal in `dir`.
+fn read_head_file(dir: &Path) -> io::Result<HeadState> {
+    match fs::read(dir.join(HEAD_FILE_NAME)) {
+        Ok(bytes) => Ok(format::decode_head(Some(&bytes))),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(HeadState::Absent),
+        Err(e) => Err(e),
+    }
+}
+
+fn write_head(f: &mut fmt::Formatter<'_>, head: &HeadState) -> fmt::Result {
+    match head {
+        HeadState::Absent => writeln!(f, "HEAD: missing"),
+        HeadState::Unreadable { slot_errors } => writeln!(
+            f,
+            "HEAD: UNREADABLE ({})",
+            slot_errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        HeadState::Valid { head, slot_bytes } => writeln!(
+            f,
+            "HEAD: high-water mark segment {} (first LSN {}, generation {}), write {}, {} B of metadata, slots of {slot_bytes} B",
+            head.segment_number,
+            head.first_lsn,
+            head.generation,
+            head.sequence,
+            head.meta.len()
+        ),
+    }
+}
+
+/// Everything in a journal directory: the HEAD, segments, batches, records.
 #[derive(Debug, Clone)]
 pub struct DumpReport {
     pub dir: PathBuf,
+    pub head: HeadState,
     pub segments: Vec<SegmentDump>,
 }
 
@@ -69,6 +103,7 @@ pub fn dump(dir: impl AsRef<Path>) -> io::Result<DumpReport> {
     }
     Ok(DumpReport {
         dir: dir.to_path_buf(),
+        head: read_head_file(dir)?,
         segments,
     })
 }
@@ -92,6 +127,7 @@ impl fmt::Display for DumpReport {
             self.dir.display(),
             self.segments.len()
         )?;
+        write_head(f, &self.head)?;
         for segment in &self.segments {
             let scan = &segment.scan;
             match &scan.header {
@@ -147,6 +183,7 @@ impl fmt::Display for DumpReport {
 #[derive(Debug, Clone)]
 pub struct VerifyReport {
     pub dir: PathBuf,
+    pub head: HeadState,
     pub scans: Vec<SegmentScan>,
     /// What recovery would do, or the corruption that stops it.
     pub plan: Result<Plan, Corruption>,
@@ -171,9 +208,11 @@ impl VerifyReport {
 pub fn verify(dir: impl AsRef<Path>) -> io::Result<VerifyReport> {
     let dir = dir.as_ref();
     let scans: Vec<SegmentScan> = scan_dir(dir)?.into_iter().map(|(scan, _)| scan).collect();
-    let plan = recovery::plan(&scans);
+    let head = read_head_file(dir)?;
+    let plan = recovery::plan(&head, &scans);
     Ok(VerifyReport {
         dir: dir.to_path_buf(),
+        head,
         scans,
         plan,
     })
@@ -187,6 +226,7 @@ impl fmt::Display for VerifyReport {
             self.dir.display(),
             self.scans.len()
         )?;
+        write_head(f, &self.head)?;
         for scan in &self.scans {
             write!(f, "segment {}: ", scan.segment_number)?;
             match &scan.header {

@@ -44,8 +44,8 @@ use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use directfile_journal::format::{self, SegmentHeader};
-use directfile_journal::recovery::{plan, scan_segment, HeaderState};
-use directfile_journal::storage::{CrashRng, HeapBuf};
+use directfile_journal::recovery::{plan, scan_image, HeaderState};
+use directfile_journal::storage::{CrashRng, HeapBuf, HEAD_NUMBER};
 use directfile_journal::{
     Error, IoBuffer, Journal, JournalOptions, Lsn, MemStorage, RecoveryMode, Storage,
 };
@@ -189,7 +189,16 @@ impl Storage for SimDisk {
     }
 
     fn list_segments(&self) -> io::Result<Vec<u64>> {
-        Ok(self.state.0.lock().unwrap().files.keys().copied().collect())
+        Ok(self
+            .state
+            .0
+            .lock()
+            .unwrap()
+            .files
+            .keys()
+            .copied()
+            .filter(|&number| number != HEAD_NUMBER)
+            .collect())
     }
 
     async fn create_segment(&self, number: u64, bytes: u64) -> io::Result<u64> {
@@ -259,7 +268,16 @@ impl Storage for SimDisk {
             .files
             .get_mut(segment)
             .expect("written segment exists");
-        file[offset as usize..offset as usize + buf.len()].copy_from_slice(buf.as_slice());
+        let end = offset as usize + buf.len();
+        if file.len() < end {
+            // Only the HEAD grows by writing (segments are created at full size).
+            assert_eq!(
+                *segment, HEAD_NUMBER,
+                "a write past the end of segment {segment}"
+            );
+            file.resize(end, 0);
+        }
+        file[offset as usize..end].copy_from_slice(buf.as_slice());
         condvar.notify_all();
         (Ok(()), buf)
     }
@@ -282,10 +300,48 @@ impl Storage for SimDisk {
     }
 
     async fn truncate_segment(&self, segment: &u64, len: u64) -> io::Result<()> {
-        if let Some(file) = self.state.0.lock().unwrap().files.get_mut(segment) {
-            file.truncate(len as usize);
-        }
+        let mut state = self.state.0.lock().unwrap();
+        let file = state
+            .files
+            .get_mut(segment)
+            .ok_or_else(|| not_found(*segment))?;
+        // The recorded workloads only empty the HEAD they have just created.
+        assert!(
+            *segment == HEAD_NUMBER && file.is_empty() && len == 0,
+            "the recorded workloads never truncate (asked to cut segment {segment} to {len})"
+        );
         Ok(())
+    }
+
+    fn open_head(&self, create: bool) -> io::Result<Option<u64>> {
+        if self
+            .state
+            .0
+            .lock()
+            .unwrap()
+            .files
+            .contains_key(&HEAD_NUMBER)
+        {
+            return Ok(Some(HEAD_NUMBER));
+        }
+        if !create {
+            return Ok(None);
+        }
+        // Creating the file and syncing its directory: one atomic durable event.
+        self.push(
+            EventKind::Create {
+                segment_number: HEAD_NUMBER,
+                bytes: 0,
+            },
+            true,
+        );
+        self.state
+            .0
+            .lock()
+            .unwrap()
+            .files
+            .insert(HEAD_NUMBER, Vec::new());
+        Ok(Some(HEAD_NUMBER))
     }
 }
 
@@ -466,7 +522,9 @@ impl<'a> Model<'a> {
                             torn_allowed: true,
                         });
                     }
-                    if *offset == 0 {
+                    if *segment_number == HEAD_NUMBER {
+                        // A HEAD value: no records.
+                    } else if *offset == 0 {
                         headers.insert(
                             *segment_number,
                             format::decode_segment_header(data).expect("header write"),
@@ -551,6 +609,11 @@ impl<'a> Model<'a> {
                     let Some(file) = files.get_mut(segment_number) else {
                         continue;
                     };
+                    if *segment_number == HEAD_NUMBER && file.len() < offset + data.len() {
+                        // A write that extends the HEAD file: the size grows with any sector
+                        // of it that reached the disk.
+                        file.resize(offset + data.len(), 0);
+                    }
                     let new = &data[unit.sector * SECTOR_BYTES..(unit.sector + 1) * SECTOR_BYTES];
                     let mut at = offset + unit.sector * SECTOR_BYTES;
                     if let Some((victim, to_sector)) = misdirect {
@@ -593,11 +656,8 @@ struct Recovered {
 /// The journal's recovery decision on `files`, and the records of the batches it keeps, decoded
 /// the way the reader decodes them.
 fn recover(files: &BTreeMap<u64, Vec<u8>>) -> Result<Recovered, String> {
-    let scans: Vec<_> = files
-        .iter()
-        .map(|(number, bytes)| scan_segment(*number, bytes))
-        .collect();
-    let plan = plan(&scans).map_err(|c| c.to_string())?;
+    let (head, scans) = scan_image(files);
+    let plan = plan(&head, &scans).map_err(|c| c.to_string())?;
     let mut records = Vec::new();
     for scan in &scans {
         if !plan.kept_segments.contains(&scan.segment_number) {

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use directfile::{BackendChoice, Driver};
-use directfile_journal::recovery::{plan, scan_segment};
+use directfile_journal::recovery::{plan, scan_image, scan_segment};
+use directfile_journal::storage::CrashRng;
 use directfile_journal::{
     DirectFileStorage, Error, Journal, JournalOptions, Lsn, MemStorage, RecoveryMode, StdStorage,
     Storage,
@@ -201,12 +202,8 @@ async fn acknowledged_means_durable_with_out_of_order_completions() {
                 let lsn = journal.append(&payload(task * 1000 + index)).await.unwrap();
                 if index % 8 == 0 {
                     // Everything up to `lsn` must already be on the "device".
-                    let files = storage.files();
-                    let scans: Vec<_> = files
-                        .iter()
-                        .map(|(number, bytes)| scan_segment(*number, bytes))
-                        .collect();
-                    let plan = plan(&scans).unwrap();
+                    let (head, scans) = scan_image(&storage.files());
+                    let plan = plan(&head, &scans).unwrap();
                     assert!(
                         plan.next_lsn > lsn.0,
                         "acked {lsn} but only {} durable",
@@ -509,6 +506,189 @@ async fn corruption_before_the_tail_is_an_error_in_both_modes() {
             Ok(_) => panic!("expected Corruption"),
         }
     }
+}
+
+/// Issue 12's reproduction: a journal runs, its six newest segment files are zeroed (or the
+/// newest deleted), and it is reopened. Before the HEAD file it opened cleanly at a lower LSN
+/// and reused LSNs; now both recovery modes refuse it, naming the segments, and `verify` says
+/// corrupt.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_lost_tail_of_whole_segments_is_corruption_in_both_modes() {
+    let dir = test_dir("zeroed-tail");
+    let options = small_options();
+    let acknowledged = {
+        let (journal, _) = Journal::open(&dir, options.clone()).await.unwrap();
+        let journal = Arc::new(journal);
+        let started = std::time::Instant::now();
+        let mut tasks = Vec::new();
+        for task in 0..8u64 {
+            let journal = Arc::clone(&journal);
+            tasks.push(tokio::spawn(async move {
+                let mut index = 0;
+                while started.elapsed() < Duration::from_secs(1)
+                    || journal.segment_numbers().len() < 10
+                {
+                    journal
+                        .append(&payload(task * 1_000_000 + index))
+                        .await
+                        .unwrap();
+                    index += 1;
+                }
+            }));
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        let durable = journal.durable_lsn();
+        assert!(journal.segment_numbers().len() >= 10);
+        durable
+    };
+    let mut numbers: Vec<u64> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| {
+            directfile_journal::storage::parse_segment_file_name(e.unwrap().file_name().to_str()?)
+        })
+        .collect();
+    numbers.sort_unstable();
+    let pristine = dir.with_extension("pristine");
+    let _ = std::fs::remove_dir_all(&pristine);
+    std::fs::create_dir_all(&pristine).unwrap();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), pristine.join(entry.file_name())).unwrap();
+    }
+    let segment_path = |dir: &PathBuf, number: u64| {
+        dir.join(directfile_journal::storage::segment_file_name(number))
+    };
+    let high_water = match directfile_journal::tools::verify(&dir).unwrap().head {
+        directfile_journal::format::HeadState::Valid { head, .. } => head.segment_number,
+        other => panic!("no HEAD after a clean close: {other:?}"),
+    };
+    let zeroed = &numbers[numbers.len() - 6..];
+    let started: Vec<u64> = zeroed
+        .iter()
+        .copied()
+        .filter(|&n| n <= high_water)
+        .collect();
+    assert!(started.len() >= 5, "{zeroed:?} {high_water}");
+    for &number in zeroed {
+        let path = segment_path(&dir, number);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::write(&path, vec![0u8; len as usize]).unwrap();
+    }
+    for mode in [RecoveryMode::TolerateTornTail, RecoveryMode::Strict] {
+        let options = JournalOptions {
+            recovery_mode: mode,
+            ..options.clone()
+        };
+        match Journal::open(&dir, options).await {
+            Err(Error::Corruption(c)) => {
+                let message = c.to_string();
+                for number in &started {
+                    assert!(message.contains(&number.to_string()), "{message}");
+                }
+                assert!(message.contains("all zeros"), "{message}");
+            }
+            Err(other) => panic!("{mode:?}: expected Corruption, got {other}"),
+            Ok((_, report)) => panic!(
+                "{mode:?}: opened a journal that lost its tail at LSN {} (acknowledged up to {acknowledged})",
+                report.next_lsn
+            ),
+        }
+    }
+    let verdict = directfile_journal::tools::verify(&dir).unwrap();
+    assert_eq!(verdict.exit_code(), 2, "{verdict}");
+    // The newest segment deleted instead: the same verdict.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::rename(&pristine, &dir).unwrap();
+    let newest_started = high_water;
+    std::fs::remove_file(segment_path(&dir, newest_started)).unwrap();
+    match Journal::open(&dir, options.clone()).await {
+        Err(Error::Corruption(c)) => assert!(
+            c.to_string()
+                .contains(&format!("segment {newest_started} is missing")),
+            "{c}"
+        ),
+        Err(other) => panic!("expected Corruption, got {other}"),
+        Ok(_) => panic!("opened a journal whose newest segment was deleted"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `set_meta` is durable and atomic: a reopen reports the last value stored; a crash while it
+/// is written leaves the old value or the new one, whole, never anything else; records are
+/// untouched; too long a value is refused.
+#[test]
+fn metadata_survives_reopen_and_a_crash_mid_write_leaves_old_or_new() {
+    futures::executor::block_on(async {
+        let storage = MemStorage::new();
+        let (journal, report) = Journal::open_with_storage(storage.clone(), small_options())
+            .await
+            .unwrap();
+        assert!(report.meta.is_empty());
+        journal.set_meta(b"term 1, voted for 2").await.unwrap();
+        journal.append(b"record").await.unwrap();
+        assert_eq!(journal.meta(), b"term 1, voted for 2");
+        let too_long = vec![7u8; journal.meta_bytes_max() + 1];
+        assert!(matches!(
+            journal.set_meta(&too_long).await,
+            Err(Error::InvalidOptions(_))
+        ));
+        drop(journal);
+        let (journal, report) = Journal::open_with_storage(storage.clone(), small_options())
+            .await
+            .unwrap();
+        assert_eq!(report.meta, b"term 1, voted for 2");
+        assert_eq!(journal.meta(), b"term 1, voted for 2");
+        assert_eq!(report.last_lsn, Some(1));
+    });
+    // Crash while the HEAD write of a set_meta is in flight, with every sector fate.
+    let slow_write = Arc::new(AtomicU64::new(u64::MAX));
+    let slow = Arc::clone(&slow_write);
+    let storage = MemStorage::new().with_write_delay(move |index| {
+        if index == slow.load(Ordering::SeqCst) {
+            Duration::from_millis(300)
+        } else {
+            Duration::ZERO
+        }
+    });
+    let (journal, _) =
+        futures::executor::block_on(Journal::open_with_storage(storage.clone(), small_options()))
+            .unwrap();
+    futures::executor::block_on(async {
+        journal.set_meta(b"old value").await.unwrap();
+        for index in 0..20 {
+            journal.append(&payload(index)).await.unwrap();
+        }
+    });
+    slow_write.store(storage.write_log().len() as u64, Ordering::SeqCst);
+    let journal = Arc::new(journal);
+    let writer = {
+        let journal = Arc::clone(&journal);
+        std::thread::spawn(move || {
+            futures::executor::block_on(journal.set_meta(b"a newer, longer value"))
+        })
+    };
+    while storage.write_log().len() as u64 <= slow_write.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut outcomes = [0u32; 2];
+    for seed in 0..64 {
+        let (files, _) = storage.crash_image(&mut CrashRng::new(seed), 512);
+        let (reopened, report) = futures::executor::block_on(Journal::open_with_storage(
+            MemStorage::from_files(files),
+            small_options(),
+        ))
+        .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert_eq!(report.last_lsn, Some(20), "seed {seed}");
+        match reopened.meta().as_slice() {
+            b"old value" => outcomes[0] += 1,
+            b"a newer, longer value" => outcomes[1] += 1,
+            other => panic!("seed {seed}: metadata {other:?}"),
+        }
+    }
+    writer.join().unwrap().unwrap();
+    assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
 }
 
 /// The simulated-disk property: crash at random moments while several batches are in flight;

@@ -22,9 +22,10 @@ fn small_options() -> JournalOptions {
 /// block_on), the batch is never completed, and the journal is wedged.
 #[test]
 fn dropping_a_leading_append_inside_futures_block_on() {
-    // write 0 = segment header at open, write 1 = the led batch: make it slow.
+    // write 0 = segment header at open, write 1 = the HEAD naming it, write 2 = the led
+    // batch: make it slow.
     let storage = MemStorage::new().with_write_delay(|i| {
-        if i == 1 {
+        if i == 2 {
             Duration::from_millis(300)
         } else {
             Duration::ZERO

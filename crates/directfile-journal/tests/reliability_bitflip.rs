@@ -19,9 +19,9 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
-use directfile_journal::format;
-use directfile_journal::recovery::{plan, scan_segment, HeaderState};
-use directfile_journal::storage::{segment_file_name, CrashRng};
+use directfile_journal::format::{self, HeadState};
+use directfile_journal::recovery::{plan, scan_image, scan_segment, HeaderState};
+use directfile_journal::storage::{segment_file_name, CrashRng, HEAD_FILE_NAME, HEAD_NUMBER};
 use directfile_journal::{Journal, JournalOptions, Lsn, MemStorage, RecoveryMode};
 
 type Files = BTreeMap<u64, Vec<u8>>;
@@ -83,12 +83,27 @@ enum Region {
     UnusedTail,
     /// A preallocated spare segment (all zeros).
     Spare,
+    /// The HEAD's current slot: its header and metadata.
+    Head,
+    /// The rest of the current HEAD slot (never read), or the other slot, which the current
+    /// one supersedes: damage there changes nothing.
+    HeadUnread,
 }
 
 /// The region of every byte, from the undamaged journal's layout.
 fn layout(files: &Files) -> BTreeMap<u64, Vec<Region>> {
     let mut regions = BTreeMap::new();
     for (&number, bytes) in files {
+        if number == HEAD_NUMBER {
+            let HeadState::Valid { head, slot_bytes } = format::decode_head(Some(bytes)) else {
+                panic!("the undamaged journal has no valid HEAD");
+            };
+            let mut map = vec![Region::HeadUnread; bytes.len()];
+            let at = (head.sequence % 2) as usize * slot_bytes;
+            map[at..at + format::HEAD_SLOT_HEADER_BYTES + head.meta.len()].fill(Region::Head);
+            regions.insert(number, map);
+            continue;
+        }
         let scan = scan_segment(number, bytes);
         let mut map = vec![Region::UnusedTail; bytes.len()];
         match &scan.header {
@@ -138,8 +153,8 @@ enum Verdict {
 /// Recovery's verdict on `files` damaged at (`segment`, `byte`); panics if a returned record
 /// differs from the original or the records are not a prefix.
 fn judge(files: &Files, originals: &[Vec<u8>], segment: u64, byte: usize) -> Verdict {
-    let scans: Vec<_> = files.iter().map(|(n, b)| scan_segment(*n, b)).collect();
-    let plan = match plan(&scans) {
+    let (head, scans) = scan_image(files);
+    let plan = match plan(&head, &scans) {
         Ok(plan) => plan,
         Err(_) => return Verdict::Corruption,
     };
@@ -212,10 +227,10 @@ impl Tally {
     }
 }
 
-/// Damage detection rules: anything but header padding must be detected.
+/// Damage detection rules: anything but header padding and unread HEAD bytes must be detected.
 fn assert_detected(what: &str, region: Region, verdict: &Verdict, where_: (u64, usize)) {
     match (region, verdict) {
-        (Region::HeaderPadding, Verdict::Clean { records }) => {
+        (Region::HeaderPadding | Region::HeadUnread, Verdict::Clean { records }) => {
             assert_eq!(
                 *records, RECORDS as usize,
                 "{what} at {where_:?} lost records"
@@ -252,7 +267,16 @@ fn every_bit_flip_zeroed_and_swapped_sector_is_detected() {
         })
         .collect();
     // Every bit of the first segment header, the first batch header and its first record header.
-    let first = *files.keys().next().unwrap();
+    let first = *files.keys().find(|&&n| n != HEAD_NUMBER).unwrap();
+    // And every bit of the HEAD's current slot.
+    let head_slot: Vec<usize> = (0..files[&HEAD_NUMBER].len())
+        .filter(|&i| regions[&HEAD_NUMBER][i] == Region::Head)
+        .collect();
+    for &byte in &head_slot {
+        for bit in 0..8 {
+            bits.push((HEAD_NUMBER, byte, bit));
+        }
+    }
     for byte in (0..64).chain(4096..4096 + 40 + 16) {
         for bit in 0..8 {
             bits.push((first, byte, bit));
@@ -357,8 +381,8 @@ fn every_bit_flip_zeroed_and_swapped_sector_is_detected() {
         let region = changed
             .iter()
             .map(|&(s, i)| regions[&s][i])
-            .find(|&r| r != Region::HeaderPadding)
-            .unwrap_or(Region::HeaderPadding);
+            .find(|&r| r != Region::HeaderPadding && r != Region::HeadUnread)
+            .unwrap_or(regions[&segment][byte]);
         let verdict = judge(&damaged, &originals, segment, byte);
         assert_detected("swapped sectors", region, &verdict, (segment, byte));
         tally.add("swapped sectors", region, &verdict);
@@ -384,13 +408,17 @@ fn verify_on_disk(files: &Files, originals: &[Vec<u8>], bits: &[(u64, usize, u8)
         .join(format!("bitflip-verify-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
+    let name = |number: u64| match number {
+        HEAD_NUMBER => HEAD_FILE_NAME.to_string(),
+        number => segment_file_name(number),
+    };
     for (number, bytes) in files {
-        std::fs::write(dir.join(segment_file_name(*number)), bytes).unwrap();
+        std::fs::write(dir.join(name(*number)), bytes).unwrap();
     }
     let mut damaged = files.clone();
     let mut checked = 0;
     for &(segment, byte, bit) in bits.iter().step_by(40) {
-        let path = dir.join(segment_file_name(segment));
+        let path = dir.join(name(segment));
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         damaged.get_mut(&segment).unwrap()[byte] ^= 1 << bit;
         file.write_all_at(&[damaged[&segment][byte]], byte as u64)

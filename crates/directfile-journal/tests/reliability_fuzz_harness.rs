@@ -34,6 +34,7 @@ fn mutated_batch(rng: &mut CrashRng) -> Vec<u8> {
         first_lsn: 1 + u64::from(seed[3] % 8),
         batch_bytes_max: block * (1 + u32::from(seed[4] % 8)),
         batches_in_flight_max: 1 + u32::from(seed[5] % 4),
+        truncates: seed[5] & 0x80 != 0,
     };
     let lsn = segment.first_lsn + u64::from(seed[6] % 4);
     let count = 1 + rng.below(6) as usize;
@@ -74,8 +75,8 @@ fn decode_batch_target_on_random_and_mutated_inputs() {
 fn recovery_scan_target_on_random_and_patched_journals() {
     let mut rng = CrashRng::new(12);
     for _ in 0..iterations() {
-        let mut input = vec![rng.below(2) as u8];
-        if input[0] == 0 {
+        let mut input = vec![rng.below(4) as u8];
+        if input[0] % 2 == 0 {
             let len = rng.below(6000) as usize;
             input.extend(random_bytes(&mut rng, len));
         } else {
