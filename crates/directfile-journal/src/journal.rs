@@ -153,8 +153,11 @@ struct State<S: Storage> {
     space_waiters: Vec<Waker>,
     /// Lanes with nothing to take; an append wakes one of them.
     idle_lanes: Vec<Waker>,
-    /// The lane that is rotating, waiting for earlier batches or for the spare segment.
+    /// The lane that is rotating, or a truncation, waiting for earlier batches or for the
+    /// spare segment (the two never run at once).
     rotation_waker: Option<Waker>,
+    /// `truncate_from` runs: appends wait.
+    truncating: bool,
     active: ActiveSegment<S::Segment>,
     segments: VecDeque<SegmentEntry>,
     rotating: bool,
@@ -193,6 +196,8 @@ struct Shared<S: Storage> {
     config: Config,
     head: futures::lock::Mutex<HeadFile<S>>,
     head_slot_bytes: usize,
+    /// One `truncate_from` at a time.
+    truncation: futures::lock::Mutex<()>,
     /// A copy of the HEAD's metadata for `Journal::meta`, which does not wait.
     meta: Mutex<Vec<u8>>,
     state: Mutex<State<S>>,
@@ -479,8 +484,10 @@ impl<S: Storage> Journal<S> {
         .await?;
         // Now the new segment carries the LSN position: segments voided by a truncation, and
         // segments without records that no truncation depends on, go.
+        // Void segments newest first: a crash part-way leaves a chain whose truncating segment
+        // still voids the rest (removing an older one first would leave a gap in the LSNs).
         let mut removed_segments = plan.removed_segments.clone();
-        for &gone in plan.void_segments.iter().chain(&plan.empty_segments) {
+        for &gone in plan.void_segments.iter().rev().chain(&plan.empty_segments) {
             storage.remove_segment(gone)?;
             removed_segments.push(gone);
         }
@@ -551,6 +558,7 @@ impl<S: Storage> Journal<S> {
             space_waiters: Vec::with_capacity(256),
             idle_lanes: Vec::with_capacity(options.batches_in_flight_max),
             rotation_waker: None,
+            truncating: false,
             active: ActiveSegment {
                 number,
                 handle,
@@ -573,6 +581,7 @@ impl<S: Storage> Journal<S> {
             storage,
             config,
             head_slot_bytes: head_file.slot_bytes,
+            truncation: futures::lock::Mutex::new(()),
             head: futures::lock::Mutex::new(head_file),
             meta: Mutex::new(meta),
             state: Mutex::new(state),
@@ -742,6 +751,26 @@ impl<S: Storage> Journal<S> {
             record_end: 0,
             record_lsn: 0,
         }
+    }
+
+    /// Durably removes every record with an LSN at or above `lsn` (Raft's log truncation): when
+    /// this resolves, [`Journal::next_lsn`] is `lsn`, the next append gets `lsn` again, and
+    /// every later open agrees. A crash at any point leaves the log as it was or truncated,
+    /// never a mix. This is the only way an LSN is used twice.
+    ///
+    /// It waits for every record appended before it to be written (those appends resolve as
+    /// usual), holds back appends made meanwhile, and starts a new segment (the spare) whose
+    /// header carries the truncation (`format`, "Explicit truncation"), named by the HEAD.
+    /// Readers made before it may still return records it removes.
+    ///
+    /// # Errors
+    /// [`Error::LsnOutOfRange`] when `lsn` is below the first record kept or above
+    /// [`Journal::next_lsn`]; [`Error::Poisoned`], [`Error::Closed`]; [`Error::Io`] if the
+    /// segment or HEAD write fails, which poisons the journal. Dropping the future before it
+    /// resolves poisons the journal too, once the new segment was taken (the truncation may or
+    /// may not have become durable; reopening tells).
+    pub async fn truncate_from(&self, lsn: Lsn) -> Result<()> {
+        self.shared.truncate_from(lsn.0).await
     }
 
     /// Removes every whole segment whose records all have LSNs below `lsn` (never the segment
@@ -1044,6 +1073,161 @@ impl<S: Storage> Shared<S> {
         Ok(())
     }
 
+    /// See [`Journal::truncate_from`].
+    async fn truncate_from(&self, lsn: u64) -> Result<()> {
+        let _one_at_a_time = self.truncation.lock().await;
+        {
+            let mut state = lock(&self.state);
+            if let Some((_, error)) = &state.poison {
+                return Err(Error::Poisoned(Arc::clone(error)));
+            }
+            if state.closing {
+                return Err(Error::Closed);
+            }
+            state.truncating = true;
+        }
+        let mut guard = Truncating {
+            shared: self,
+            committing: false,
+        };
+        // Every record appended so far is written and acknowledged first, and no rotation runs.
+        poll_fn(|cx| {
+            let mut state = lock(&self.state);
+            if let Some((_, error)) = &state.poison {
+                return Poll::Ready(Err(Error::Poisoned(Arc::clone(error))));
+            }
+            let filling = &state.slots[(state.next_seq % state.slots.len() as u64) as usize];
+            let nothing_unwritten =
+                filling.state != SlotState::Filling || filling.record_count == 0;
+            if state.acked_seq == state.next_seq && nothing_unwritten && !state.rotating {
+                return Poll::Ready(Ok(()));
+            }
+            register(&mut state.rotation_waker, cx);
+            let lane = state.lane_to_wake(&self.config);
+            drop(state);
+            if let Some(lane) = lane {
+                lane.wake();
+            }
+            Poll::Pending
+        })
+        .await?;
+        {
+            let state = lock(&self.state);
+            let first = state.segments.front().map_or(1, |s| s.first_lsn);
+            if lsn < first || lsn > state.next_lsn {
+                return Err(Error::LsnOutOfRange {
+                    lsn,
+                    first,
+                    next: state.next_lsn,
+                });
+            }
+            if lsn == state.next_lsn {
+                return Ok(());
+            }
+        }
+        let (number, segment) = poll_fn(|cx| {
+            let mut state = lock(&self.state);
+            match state.spare.take() {
+                Some(Ok(spare)) => Poll::Ready(Ok(spare)),
+                Some(Err(error)) => Poll::Ready(Err(Error::Io(io::Error::new(
+                    error.kind(),
+                    format!("creating the next segment failed: {error}"),
+                )))),
+                None => {
+                    register(&mut state.rotation_waker, cx);
+                    Poll::Pending
+                }
+            }
+        })
+        .await?;
+        // From here a half-done truncation must not be left behind by a dropped future.
+        guard.committing = true;
+        let mut header_buf = lock(&self.state)
+            .header_buf
+            .take()
+            .expect("no rotation runs during a truncation");
+        let header = SegmentHeader {
+            truncates: true,
+            ..segment_header(&self.config, number, lsn)
+        };
+        format::encode_segment_header(&header, header_buf.as_full_mut());
+        header_buf.set_len(self.config.block_bytes);
+        let (result, header_buf) = self.storage.write_at(&segment, header_buf, 0).await;
+        lock(&self.state).header_buf = Some(header_buf);
+        if let Err(error) = result {
+            self.poison(&error, "writing the truncating segment's header");
+            return Err(Error::Io(error));
+        }
+        // The commit point: the HEAD names the truncating segment.
+        self.write_head(|head| {
+            head.segment_number = number;
+            head.first_lsn = lsn;
+            head.generation = self.config.generation;
+        })
+        .await?;
+        let void = {
+            let mut state = lock(&self.state);
+            state.next_lsn = lsn;
+            state.durable_lsn = lsn - 1;
+            let mut void = Vec::new();
+            while state.segments.back().is_some_and(|s| s.first_lsn >= lsn) {
+                void.push(state.segments.pop_back().expect("a segment").number);
+            }
+            state.segments.push_back(SegmentEntry {
+                number,
+                first_lsn: lsn,
+            });
+            state.active = ActiveSegment {
+                number,
+                handle: segment,
+                write_offset: self.config.block_bytes as u64,
+            };
+            state.stats.segments_created += 1;
+            // The next batch starts at `lsn` (a slot marked filling without records yet would
+            // still carry the old next LSN).
+            let filling = (state.next_seq % state.slots.len() as u64) as usize;
+            if state.slots[filling].state == SlotState::Filling {
+                debug_assert_eq!(state.slots[filling].record_count, 0);
+                state.slots[filling].first_lsn = lsn;
+            }
+            void
+        };
+        guard.committing = false;
+        drop(guard);
+        lock(&self.maintenance).request = Some(number + 1);
+        self.maintenance_wake.notify_one();
+        // Recovery voids them anyway (the truncating segment says so); they only take space.
+        // Newest first, as at open.
+        for number in void {
+            self.storage.remove_segment(number)?;
+        }
+        Ok(())
+    }
+
+    /// Poisons the journal with `error` (what failed, in `what`) and wakes everyone who waits.
+    fn poison(&self, error: &io::Error, what: &str) {
+        let mut state = lock(&self.state);
+        let next_lsn = state.next_lsn;
+        if state.poison.is_none() {
+            state.poison = Some((
+                next_lsn,
+                Arc::new(io::Error::new(
+                    error.kind(),
+                    format!("{what} failed: {error}"),
+                )),
+            ));
+        }
+        let mut wake_list: Vec<Waker> = Vec::new();
+        for slot in &state.slots {
+            wake_list.extend(slot.waiters.iter().cloned());
+        }
+        wake_list.append(&mut state.space_waiters);
+        wake_list.append(&mut state.idle_lanes);
+        wake_list.extend(state.rotation_waker.take());
+        drop(state);
+        wake_all(&mut wake_list);
+    }
+
     /// Writes a new HEAD value, made by `update` from the current one. Refused once the journal
     /// is poisoned; a failure poisons it (a HEAD write is never retried and assumed).
     async fn write_head(&self, update: impl FnOnce(&mut Head)) -> io::Result<()> {
@@ -1060,22 +1244,7 @@ impl<S: Storage> Shared<S> {
                 Ok(())
             }
             Err(error) => {
-                let message = format!("writing the HEAD file failed: {error}");
-                let mut state = lock(&self.state);
-                let next_lsn = state.next_lsn;
-                if state.poison.is_none() {
-                    state.poison =
-                        Some((next_lsn, Arc::new(io::Error::new(error.kind(), message))));
-                }
-                let mut wake_list: Vec<Waker> = Vec::new();
-                for slot in &state.slots {
-                    wake_list.extend(slot.waiters.iter().cloned());
-                }
-                wake_list.append(&mut state.space_waiters);
-                wake_list.append(&mut state.idle_lanes);
-                wake_list.extend(state.rotation_waker.take());
-                drop(state);
-                wake_all(&mut wake_list);
+                self.poison(&error, "writing the HEAD file");
                 Err(error)
             }
         }
@@ -1147,6 +1316,30 @@ impl<S: Storage> Shared<S> {
         }
         drop(guard);
         wake_all(wake_list);
+    }
+}
+
+/// Ends a truncation however `truncate_from` returns: appends go on. If its future is dropped
+/// while it commits (the new segment taken, its header or the HEAD possibly written), the
+/// journal is poisoned: its state on the device is unknown until a reopen.
+struct Truncating<'a, S: Storage> {
+    shared: &'a Shared<S>,
+    committing: bool,
+}
+
+impl<S: Storage> Drop for Truncating<'_, S> {
+    fn drop(&mut self) {
+        if self.committing {
+            self.shared.poison(
+                &io::Error::other("truncate_from was cancelled while it committed"),
+                "truncating the journal",
+            );
+        }
+        let mut state = lock(&self.shared.state);
+        state.truncating = false;
+        let mut wake_list = std::mem::take(&mut state.space_waiters);
+        drop(state);
+        wake_all(&mut wake_list);
     }
 }
 
@@ -1240,6 +1433,13 @@ impl<S: Storage> Shared<S> {
         }
         if state.closing {
             return Poll::Ready(Err(Error::Closed));
+        }
+        if state.truncating {
+            // The LSNs this append would take are being decided: wait for the truncation.
+            if !state.space_waiters.iter().any(|w| w.will_wake(cx.waker())) {
+                state.space_waiters.push(cx.waker().clone());
+            }
+            return Poll::Pending;
         }
         let bytes = records.encoded_bytes();
         if BATCH_HEADER_BYTES + bytes > config.batch_bytes_max || records.count() == 0 {
@@ -1478,6 +1678,13 @@ impl<S: Storage> Reader<'_, S> {
                 self.record_pos = start + payload_bytes;
                 let lsn = self.record_lsn;
                 self.record_lsn += 1;
+                if self.segment_end().is_some_and(|end| lsn >= end) {
+                    // A truncation voided the rest of this segment: the next one goes on.
+                    self.record_pos = self.record_end;
+                    self.current = None;
+                    self.segment_index += 1;
+                    continue;
+                }
                 if lsn < self.next_lsn {
                     continue;
                 }
@@ -1498,6 +1705,14 @@ impl<S: Storage> Reader<'_, S> {
             lsn: Lsn(lsn),
             payload: &chunk[start..end],
         }))
+    }
+
+    /// Where the current segment's records end: the next segment's first LSN (lower than its
+    /// last record's when a truncation cut it).
+    fn segment_end(&self) -> Option<u64> {
+        self.segments
+            .get(self.segment_index + 1)
+            .map(|next| next.first_lsn)
     }
 
     /// Reads the chunk at `offset`. `batch_bytes_max` is that of the segment being read (an
@@ -1555,6 +1770,11 @@ impl<S: Storage> Reader<'_, S> {
                 self.cursor = u64::from(header.block_bytes);
                 self.expect_lsn = header.first_lsn;
                 self.current = Some((segment, header));
+            }
+            if self.segment_end().is_some_and(|end| self.expect_lsn >= end) {
+                self.current = None;
+                self.segment_index += 1;
+                continue;
             }
             let (segment, header) = self.current.clone().expect("current segment");
             let batch_max = header.batch_bytes_max as u64;

@@ -81,6 +81,15 @@ pub enum Error {
     Closed,
     /// Options that cannot work together.
     InvalidOptions(String),
+    /// An LSN outside the records the journal holds (`truncate_from`).
+    LsnOutOfRange {
+        /// The LSN asked for.
+        lsn: u64,
+        /// The first record kept.
+        first: u64,
+        /// The LSN the next append gets.
+        next: u64,
+    },
 }
 
 impl fmt::Display for Error {
@@ -102,6 +111,10 @@ impl fmt::Display for Error {
             Error::TornTail(t) => write!(f, "strict recovery refused a {t}"),
             Error::Closed => write!(f, "journal is closed"),
             Error::InvalidOptions(why) => write!(f, "invalid journal options: {why}"),
+            Error::LsnOutOfRange { lsn, first, next } => write!(
+                f,
+                "LSN {lsn} is outside the journal's records: it holds LSNs {first}..{next} (the next append gets {next})"
+            ),
         }
     }
 }
@@ -127,9 +140,9 @@ impl From<Error> for io::Error {
         match e {
             Error::Io(e) => e,
             Error::Locked(_) => io::Error::new(io::ErrorKind::WouldBlock, e),
-            Error::RecordTooLarge { .. } | Error::InvalidOptions(_) => {
-                io::Error::new(io::ErrorKind::InvalidInput, e)
-            }
+            Error::RecordTooLarge { .. }
+            | Error::InvalidOptions(_)
+            | Error::LsnOutOfRange { .. } => io::Error::new(io::ErrorKind::InvalidInput, e),
             Error::Corruption(_) | Error::TornTail(_) => {
                 io::Error::new(io::ErrorKind::InvalidData, e)
             }

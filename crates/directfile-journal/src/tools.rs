@@ -133,11 +133,12 @@ impl fmt::Display for DumpReport {
             match &scan.header {
                 HeaderState::Valid(h) => writeln!(
                     f,
-                    "segment {} ({} bytes): generation {}, first LSN {}, block {} B, batch max {} B, in flight max {}, {} batches, {} records",
+                    "segment {} ({} bytes): generation {}, first LSN {}{}, block {} B, batch max {} B, in flight max {}, {} batches, {} records",
                     scan.segment_number,
                     scan.file_bytes,
                     h.generation,
                     h.first_lsn,
+                    if h.truncates { " (TRUNCATES: earlier records from this LSN on are void)" } else { "" },
                     h.block_bytes,
                     h.batch_bytes_max,
                     h.batches_in_flight_max,
@@ -258,6 +259,12 @@ impl fmt::Display for VerifyReport {
                     plan.record_count,
                     plan.first_lsn.map_or("-".to_string(), |l| l.to_string())
                 )?;
+                for (segment, end) in &plan.cuts {
+                    writeln!(
+                        f,
+                        "segment {segment}: records from LSN {end} on were truncated (truncate_from)"
+                    )?;
+                }
                 match &plan.torn_tail {
                     Some(torn) => writeln!(f, "TORN TAIL: {torn} (recovery truncates it)")?,
                     None => writeln!(f, "healthy")?,
