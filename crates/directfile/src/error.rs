@@ -43,6 +43,16 @@ pub enum Error {
         /// The locked file.
         path: PathBuf,
     },
+    /// The file was not opened for this operation (a write on a file opened read-only, a read
+    /// on one opened write-only). Nothing was submitted.
+    NotOpenedFor {
+        /// The file.
+        path: PathBuf,
+        /// What was refused: `"write"`, `"read"`, `"allocate"`, ...
+        operation: &'static str,
+        /// How the file was opened.
+        mode: &'static str,
+    },
     /// The requested backend or feature cannot work here; the text says why.
     Unsupported(String),
 }
@@ -66,15 +76,36 @@ impl Error {
         }
     }
 
-    /// The io::ErrorKind closest to this error.
+    /// The io::ErrorKind closest to this error. OS errors get std's kinds (ENOSPC is
+    /// `StorageFull`, EROFS `ReadOnlyFilesystem`, EDQUOT `QuotaExceeded`, EFBIG `FileTooLarge`,
+    /// ...), and those std leaves uncategorised get one a caller can match (see
+    /// [`errno_kind`](Error::errno_kind)).
     pub fn kind(&self) -> io::ErrorKind {
         match self {
-            Error::Io(e) => e.kind(),
+            Error::Io(e) => match e.raw_os_error() {
+                Some(errno) => Error::errno_kind(errno),
+                None => e.kind(),
+            },
             Error::Misaligned { .. } => io::ErrorKind::InvalidInput,
             Error::Canceled => io::ErrorKind::Interrupted,
             Error::Closed => io::ErrorKind::BrokenPipe,
             Error::DirectIoUnsupported { .. } | Error::Unsupported(_) => io::ErrorKind::Unsupported,
             Error::Locked { .. } => io::ErrorKind::WouldBlock,
+            Error::NotOpenedFor { .. } => io::ErrorKind::PermissionDenied,
+        }
+    }
+
+    /// The `io::ErrorKind` of an OS error: std's, except for the errors of file I/O that std
+    /// leaves uncategorised (a kind no caller can name): EIO and ENXIO are `Other` (the
+    /// device failed), EBADF `PermissionDenied` (the descriptor does not allow the
+    /// operation), EOPNOTSUPP and ENODEV `Unsupported`, EOVERFLOW `InvalidInput`.
+    pub fn errno_kind(errno: i32) -> io::ErrorKind {
+        match errno {
+            libc::EIO | libc::ENXIO => io::ErrorKind::Other,
+            libc::EBADF => io::ErrorKind::PermissionDenied,
+            libc::EOPNOTSUPP | libc::ENODEV => io::ErrorKind::Unsupported,
+            libc::EOVERFLOW => io::ErrorKind::InvalidInput,
+            other => io::Error::from_raw_os_error(other).kind(),
         }
     }
 }
@@ -108,6 +139,15 @@ impl fmt::Display for Error {
                 )
             }
             Error::Unsupported(why) => write!(f, "unsupported: {why}"),
+            Error::NotOpenedFor {
+                path,
+                operation,
+                mode,
+            } => write!(
+                f,
+                "{}: cannot {operation}: the file was opened {mode}",
+                path.display()
+            ),
         }
     }
 }

@@ -5,7 +5,7 @@ use crate::buf::AlignedBuf;
 use crate::driver::{Backend, Driver};
 use crate::op::slot::{OpBufs, OpDesc};
 use crate::op::Op;
-use crate::{sys, BufResult, Error, Result};
+use crate::{sys, BufResult, Error, Result, SyncStrategy};
 use std::future::Future;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
@@ -25,6 +25,7 @@ pub struct OpenOptions {
     preallocate: u64,
     mode: u32,
     driver: Option<Driver>,
+    sync_strategy: Option<SyncStrategy>,
 }
 
 impl Default for OpenOptions {
@@ -48,6 +49,7 @@ impl OpenOptions {
             preallocate: 0,
             mode: 0o644,
             driver: None,
+            sync_strategy: None,
         }
     }
 
@@ -122,27 +124,67 @@ impl OpenOptions {
         self
     }
 
+    /// How write-through writes are made durable: by default chosen from the file system
+    /// ([`SyncStrategy::for_file_system`]: `O_DSYNC` alone on ext4, xfs and btrfs, an explicit
+    /// data sync after each write elsewhere); this forces one. Only matters with
+    /// [`write_through(true)`](OpenOptions::write_through).
+    pub fn sync_strategy(&mut self, strategy: SyncStrategy) -> &mut Self {
+        self.sync_strategy = Some(strategy);
+        self
+    }
+
     /// Opens the file (a blocking `open(2)`, like every file system's metadata operation).
     ///
+    /// A file system that cannot do direct I/O is refused before anything is created or
+    /// truncated; a file this call created is removed again if the open is refused after it
+    /// (the alignment cannot be found). `truncate(true)` empties the file only once it is
+    /// accepted (and locked, with `lock(true)`).
+    ///
     /// # Errors
-    /// The OS error of `open(2)`, `flock(2)` or `fallocate(2)` ([`Error::Io`]);
-    /// [`Error::DirectIoUnsupported`] on a file system without direct I/O (tmpfs);
-    /// [`Error::Locked`] when `lock(true)` and another handle holds the lock.
+    /// The OS error of `open(2)`, `flock(2)`, `ftruncate(2)` or `fallocate(2)`, naming the path
+    /// ([`Error::Io`]); [`Error::DirectIoUnsupported`] on a file system without direct I/O
+    /// (tmpfs); [`Error::Locked`] when `lock(true)` and another handle holds the lock;
+    /// [`Error::Io`] of kind `InvalidInput` when `create`, `create_new` or `truncate` is asked
+    /// without `write`.
     pub fn open(&self, path: impl AsRef<Path>) -> Result<File> {
         let path = path.as_ref();
+        let with_path = |e: std::io::Error| {
+            Error::Io(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            ))
+        };
+        if !self.write && (self.create || self.create_new || self.truncate) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: creating or truncating a file needs write access (OpenOptions::write(true))",
+                    path.display()
+                ),
+            )));
+        }
+        let driver = match &self.driver {
+            Some(d) => d.clone(),
+            None => Driver::global()?,
+        };
+        // A file system that serves O_DIRECT from memory is refused before the file is created
+        // or truncated: nothing is left behind.
+        if self.direct {
+            if let Some(name) = sys::path_fs_magic(path)
+                .ok()
+                .and_then(sys::buffered_only_fs_name)
+            {
+                return Err(Error::DirectIoUnsupported {
+                    path: path.to_path_buf(),
+                    reason: format!("it is on {name}, which serves O_DIRECT from memory"),
+                });
+            }
+        }
         let mut flags = match (self.read, self.write) {
             (true, true) => libc::O_RDWR,
             (false, true) => libc::O_WRONLY,
             _ => libc::O_RDONLY,
         };
-        if self.create_new {
-            flags |= libc::O_CREAT | libc::O_EXCL;
-        } else if self.create {
-            flags |= libc::O_CREAT;
-        }
-        if self.truncate {
-            flags |= libc::O_TRUNC;
-        }
         if self.direct {
             flags |= libc::O_DIRECT;
         }
@@ -151,18 +193,20 @@ impl OpenOptions {
             // metadata such as timestamps on every write).
             flags |= libc::O_DSYNC;
         }
-        let driver = match &self.driver {
-            Some(d) => d.clone(),
-            None => Driver::global()?,
+        let existed = path.symlink_metadata().is_ok();
+        let opened = if self.create_new {
+            sys::open(path, flags | libc::O_CREAT | libc::O_EXCL, self.mode).map(|fd| (fd, true))
+        } else if self.create {
+            sys::open_or_create(path, flags, self.mode)
+        } else {
+            sys::open(path, flags, self.mode).map(|fd| (fd, false))
         };
-        let with_path = |e: std::io::Error| {
-            Error::Io(std::io::Error::new(
-                e.kind(),
-                format!("{}: {e}", path.display()),
-            ))
-        };
-        let fd = sys::open(path, flags, self.mode).map_err(|e| {
+        let (fd, created) = opened.map_err(|e| {
             if e.raw_os_error() == Some(libc::EINVAL) && self.direct {
+                // The kernel creates the file before it checks O_DIRECT.
+                if !existed && (self.create || self.create_new) {
+                    let _ = std::fs::remove_file(path);
+                }
                 Error::DirectIoUnsupported {
                     path: path.to_path_buf(),
                     reason: format!("open(O_DIRECT) failed: {e}"),
@@ -171,8 +215,12 @@ impl OpenOptions {
                 with_path(e)
             }
         })?;
+        // Until the file is accepted, a file this call created is removed on the way out.
+        let mut unwanted = Unwanted {
+            path: created.then_some(path),
+        };
+        let magic = sys::fs_magic(fd.as_raw_fd()).map_err(with_path)?;
         let (alignment, alignment_source) = if self.direct {
-            let magic = sys::fs_magic(fd.as_raw_fd()).map_err(with_path)?;
             if let Some(name) = sys::buffered_only_fs_name(magic) {
                 return Err(Error::DirectIoUnsupported {
                     path: path.to_path_buf(),
@@ -191,6 +239,7 @@ impl OpenOptions {
         } else {
             (Alignment::uniform(1), AlignmentSource::Default)
         };
+        unwanted.path = None;
         if self.lock {
             sys::flock_exclusive(&fd).map_err(|e| {
                 if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
@@ -202,9 +251,16 @@ impl OpenOptions {
                 }
             })?;
         }
+        if self.truncate && !created {
+            sys::ftruncate(fd.as_raw_fd(), 0).map_err(with_path)?;
+        }
         if self.preallocate > 0 {
             sys::fallocate(fd.as_raw_fd(), 0, 0, self.preallocate).map_err(with_path)?;
         }
+        let sync_strategy = self.write_through.then(|| {
+            self.sync_strategy
+                .unwrap_or_else(|| SyncStrategy::for_file_system(magic).0)
+        });
         Ok(File {
             inner: Arc::new(FileInner {
                 fd: Arc::new(fd),
@@ -212,9 +268,27 @@ impl OpenOptions {
                 alignment,
                 alignment_source,
                 path: path.to_path_buf(),
-                write_through: self.write_through,
+                readable: self.read || !self.write,
+                writable: self.write,
+                sync_strategy,
             }),
         })
+    }
+}
+
+/// The offset that means "at the current position" (-1 as `loff_t`), for pipes and FIFOs.
+const CURRENT_POSITION: u64 = u64::MAX;
+
+/// Removes the file at `path` when dropped, if set: a file `open` created and then refused.
+struct Unwanted<'a> {
+    path: Option<&'a Path>,
+}
+
+impl Drop for Unwanted<'_> {
+    fn drop(&mut self) {
+        if let Some(path) = self.path {
+            let _ = std::fs::remove_file(path);
+        }
     }
 }
 
@@ -224,7 +298,10 @@ struct FileInner {
     alignment: Alignment,
     alignment_source: AlignmentSource,
     path: PathBuf,
-    write_through: bool,
+    readable: bool,
+    writable: bool,
+    /// Set for a write-through file.
+    sync_strategy: Option<SyncStrategy>,
 }
 
 /// An open file whose positional operations are futures completed by the driver.
@@ -322,6 +399,12 @@ impl File {
         AlignedBuf::new(a.round_up(capacity.max(1)), a.buffer_align())
     }
 
+    /// How this file's writes are made durable: `None` unless it was opened with
+    /// [`write_through(true)`](OpenOptions::write_through).
+    pub fn sync_strategy(&self) -> Option<SyncStrategy> {
+        self.inner.sync_strategy
+    }
+
     fn op(&self, desc: OpDesc, bufs: OpBufs) -> Op {
         Op::new(
             self.inner.driver.clone(),
@@ -343,33 +426,111 @@ impl File {
         })
     }
 
-    /// Writes `buf[..buf.len()]` at `offset` (`IORING_OP_WRITE`, `IORING_OP_WRITE_FIXED` for a
-    /// registered pool's buffer, or `pwritev2(2)` on the thread pool). Resolves to the number
-    /// of bytes written and the buffer.
-    ///
-    /// # Errors
-    /// [`Error::Misaligned`] (nothing submitted) when the buffer address, its length or the
-    /// offset is not aligned; the OS error of the write ([`Error::Io`]: ENOSPC, EIO, EBADF on a
-    /// read-only file...); [`Error::Canceled`]; [`Error::Closed`]. The buffer comes back in
-    /// every case.
-    pub fn write_at(
+    /// Refuses an operation the file was not opened for, before anything is submitted.
+    fn check_access(&self, operation: &'static str, needs_write: bool) -> Result<()> {
+        let (allowed, mode) = if needs_write {
+            (self.inner.writable, "read-only (OpenOptions::write(false))")
+        } else {
+            (self.inner.readable, "write-only (OpenOptions::read(false))")
+        };
+        if allowed {
+            Ok(())
+        } else {
+            Err(Error::NotOpenedFor {
+                path: self.inner.path.clone(),
+                operation,
+                mode,
+            })
+        }
+    }
+
+    /// Refuses a range that ends past the largest file offset (`i64::MAX`, `loff_t`). The one
+    /// exception is `u64::MAX`, -1 as a file offset: the current position, which io_uring and
+    /// `preadv2` take for files without offsets (pipes, FIFOs; opened with `direct(false)`).
+    fn check_range(offset: u64, len: u64) -> Result<()> {
+        if offset == CURRENT_POSITION {
+            return Ok(());
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= i64::MAX as u64 => Ok(()),
+            _ => Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "offset {offset} + length {len} ends past the largest file offset {}",
+                    i64::MAX
+                ),
+            ))),
+        }
+    }
+
+    /// The write of `buf[start..]` at `offset`, checked; `Err` gives the buffer back.
+    fn prepare_write(
         &self,
         mut buf: AlignedBuf,
+        start: usize,
         offset: u64,
-    ) -> impl Future<Output = BufResult<usize, AlignedBuf>> + Send + 'static {
-        let prepared = match self.check_buf(&mut buf, offset) {
+    ) -> std::result::Result<Op, (Error, AlignedBuf)> {
+        let checked = self
+            .check_access("write", true)
+            .and_then(|()| self.check_part(&mut buf, start, offset));
+        match checked {
             Err(e) => Err((e, buf)),
-            Ok(len) => {
+            Ok((ptr, len)) => {
+                let dsync = self.inner.sync_strategy.is_some();
                 let desc = OpDesc::Write {
                     offset,
-                    ptr: buf.as_mut_ptr(),
+                    ptr,
                     len,
                     fixed: buf.fixed_index(self.inner.driver.shared().id),
-                    dsync: self.inner.write_through,
+                    dsync,
+                    sync: self.inner.sync_strategy == Some(SyncStrategy::ExplicitSync),
                 };
                 Ok(self.op(desc, OpBufs::One(buf)))
             }
-        };
+        }
+    }
+
+    /// The read of `buf[start..buf.len()]` at `offset`, checked; `Err` gives the buffer back.
+    fn prepare_read(
+        &self,
+        mut buf: AlignedBuf,
+        start: usize,
+        offset: u64,
+    ) -> std::result::Result<Op, (Error, AlignedBuf)> {
+        let checked = self
+            .check_access("read", false)
+            .and_then(|()| self.check_part(&mut buf, start, offset));
+        match checked {
+            Err(e) => Err((e, buf)),
+            Ok((ptr, len)) => {
+                let desc = OpDesc::Read {
+                    offset,
+                    ptr: ptr.cast_mut(),
+                    len,
+                    fixed: buf.fixed_index(self.inner.driver.shared().id),
+                };
+                Ok(self.op(desc, OpBufs::One(buf)))
+            }
+        }
+    }
+
+    /// Writes `buf[..buf.len()]` at `offset` (`IORING_OP_WRITE`, `IORING_OP_WRITE_FIXED` for a
+    /// registered pool's buffer, or `pwritev2(2)` on the thread pool). Resolves to the number
+    /// of bytes written and the buffer. On a write-through file whose strategy is
+    /// [`SyncStrategy::ExplicitSync`] it resolves once a data sync after the write completed.
+    ///
+    /// # Errors
+    /// [`Error::NotOpenedFor`] on a file opened without write access and [`Error::Misaligned`]
+    /// when the buffer address, its length or the offset is not aligned (nothing submitted);
+    /// [`Error::Io`] of kind `InvalidInput` when the range ends past the largest file offset;
+    /// the OS error of the write or of its sync ([`Error::Io`]: ENOSPC, EIO...);
+    /// [`Error::Canceled`]; [`Error::Closed`]. The buffer comes back in every case.
+    pub fn write_at(
+        &self,
+        buf: AlignedBuf,
+        offset: u64,
+    ) -> impl Future<Output = BufResult<usize, AlignedBuf>> + Send + 'static {
+        let prepared = self.prepare_write(buf, 0, offset);
         async move {
             match prepared {
                 Err((e, buf)) => (Err(e), buf),
@@ -381,29 +542,72 @@ impl File {
         }
     }
 
-    /// Reads `buf.len()` bytes at `offset` into `buf` (`IORING_OP_READ`, `READ_FIXED`, or
-    /// `preadv2(2)`). Resolves to the number of bytes read, which is less than asked at the end
-    /// of the file (0 at or past it); `buf.len()` is set to that number.
+    /// Writes all of `buf[..buf.len()]` at `offset`, like [`std::os::unix::fs::FileExt::
+    /// write_all_at`]: a short write is continued with the rest, for callers that must not see
+    /// one. Resolves to the buffer.
     ///
     /// # Errors
-    /// As [`write_at`](File::write_at). The buffer comes back in every case.
+    /// As [`write_at`](File::write_at); [`Error::Io`] of kind `WriteZero` when a write writes
+    /// nothing; [`Error::Misaligned`] when a short write ends where direct I/O cannot go on
+    /// (not a multiple of the alignment). Bytes before the failing write were written. The
+    /// buffer comes back in every case.
+    pub fn write_all_at(
+        &self,
+        buf: AlignedBuf,
+        offset: u64,
+    ) -> impl Future<Output = BufResult<(), AlignedBuf>> + Send + 'static {
+        let file = self.clone();
+        async move {
+            let total = buf.len();
+            let mut done = 0;
+            let mut buf = buf;
+            while done < total {
+                let at = offset + done as u64;
+                let (res, back) = match file.prepare_write(buf, done, at) {
+                    Err((e, buf)) => return (Err(e), buf),
+                    Ok(op) => {
+                        let (res, bufs) = op.await;
+                        (res, bufs.into_one())
+                    }
+                };
+                buf = back;
+                match res {
+                    Ok(0) => {
+                        return (
+                            Err(Error::Io(std::io::Error::new(
+                                std::io::ErrorKind::WriteZero,
+                                format!(
+                                    "{}: write at offset {at} wrote nothing ({} of {total} bytes written)",
+                                    file.inner.path.display(),
+                                    done
+                                ),
+                            ))),
+                            buf,
+                        )
+                    }
+                    Ok(n) => done += n as usize,
+                    Err(e) => return (Err(e), buf),
+                }
+            }
+            (Ok(()), buf)
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `offset` into `buf` (`IORING_OP_READ`, `READ_FIXED`, or
+    /// `preadv2(2)`). Resolves to the number of bytes read, which is less than asked at the end
+    /// of the file (0 at or past it); `buf.len()` is set to that number. An offset of
+    /// `u64::MAX` reads at the current position, for a pipe or FIFO opened with
+    /// `direct(false)`.
+    ///
+    /// # Errors
+    /// As [`write_at`](File::write_at) ([`Error::NotOpenedFor`] on a file opened write-only).
+    /// The buffer comes back in every case.
     pub fn read_at(
         &self,
-        mut buf: AlignedBuf,
+        buf: AlignedBuf,
         offset: u64,
     ) -> impl Future<Output = BufResult<usize, AlignedBuf>> + Send + 'static {
-        let prepared = match self.check_buf(&mut buf, offset) {
-            Err(e) => Err((e, buf)),
-            Ok(len) => {
-                let desc = OpDesc::Read {
-                    offset,
-                    ptr: buf.as_mut_ptr(),
-                    len,
-                    fixed: buf.fixed_index(self.inner.driver.shared().id),
-                };
-                Ok(self.op(desc, OpBufs::One(buf)))
-            }
-        };
+        let prepared = self.prepare_read(buf, 0, offset);
         async move {
             match prepared {
                 Err((e, buf)) => (Err(e), buf),
@@ -416,6 +620,61 @@ impl File {
                     (res.map(|n| n as usize), buf)
                 }
             }
+        }
+    }
+
+    /// Reads exactly `buf.len()` bytes at `offset`, like [`std::os::unix::fs::FileExt::
+    /// read_exact_at`]: a short read is continued, and the end of the file before `buf.len()`
+    /// bytes is an error. Resolves to the buffer, full.
+    ///
+    /// # Errors
+    /// As [`read_at`](File::read_at); [`Error::Io`] of kind `UnexpectedEof` naming the offset
+    /// and how much was read when the file ends first (`buf.len()` is then the bytes read);
+    /// [`Error::Misaligned`] when a short read ends where direct I/O cannot go on. The buffer
+    /// comes back in every case.
+    pub fn read_exact_at(
+        &self,
+        buf: AlignedBuf,
+        offset: u64,
+    ) -> impl Future<Output = BufResult<(), AlignedBuf>> + Send + 'static {
+        let file = self.clone();
+        async move {
+            let total = buf.len();
+            let mut done = 0;
+            let mut buf = buf;
+            while done < total {
+                let at = offset + done as u64;
+                let (res, mut back) = match file.prepare_read(buf, done, at) {
+                    Err((e, buf)) => return (Err(e), buf),
+                    Ok(op) => {
+                        let (res, bufs) = op.await;
+                        (res, bufs.into_one())
+                    }
+                };
+                back.set_len(total);
+                buf = back;
+                match res {
+                    Ok(0) => {
+                        buf.set_len(done);
+                        return (
+                            Err(Error::Io(std::io::Error::new(
+                                std::io::ErrorKind::UnexpectedEof,
+                                format!(
+                                    "{}: the file ends at offset {at}, {done} of the {total} bytes asked at offset {offset}",
+                                    file.inner.path.display()
+                                ),
+                            ))),
+                            buf,
+                        );
+                    }
+                    Ok(n) => done += n as usize,
+                    Err(e) => {
+                        buf.set_len(done);
+                        return (Err(e), buf);
+                    }
+                }
+            }
+            (Ok(()), buf)
         }
     }
 
@@ -433,6 +692,7 @@ impl File {
     ) -> impl Future<Output = BufResult<usize, Vec<AlignedBuf>>> + Send + 'static {
         let max = self.inner.driver.shared().slots.max_iovecs();
         let mut check = || -> Result<()> {
+            self.check_access("write", true)?;
             if bufs.is_empty() || bufs.len() > max {
                 return Err(Error::Io(std::io::Error::new(
                     std::io::ErrorKind::InvalidInput,
@@ -444,8 +704,9 @@ impl File {
             }
             let mut total = 0usize;
             for b in bufs.iter_mut() {
-                total += self.check_buf(b, offset)? as usize;
+                total += self.check_part(b, 0, offset)?.1 as usize;
             }
+            File::check_range(offset, total as u64)?;
             File::check_len(total).map(drop)
         };
         let prepared = match check() {
@@ -453,7 +714,8 @@ impl File {
             Ok(()) => {
                 let desc = OpDesc::Writev {
                     offset,
-                    dsync: self.inner.write_through,
+                    dsync: self.inner.sync_strategy.is_some(),
+                    sync: self.inner.sync_strategy == Some(SyncStrategy::ExplicitSync),
                 };
                 Ok(self.op(desc, OpBufs::Many(bufs)))
             }
@@ -491,27 +753,39 @@ impl File {
     /// grows if the range ends past it).
     ///
     /// # Errors
-    /// The OS error (ENOSPC, EOPNOTSUPP...).
+    /// [`Error::NotOpenedFor`] on a file opened without write access; [`Error::Io`] of kind
+    /// `InvalidInput` when the range ends past the largest file offset; the OS error (ENOSPC,
+    /// EOPNOTSUPP...).
     pub fn allocate(&self, offset: u64, len: u64) -> impl Future<Output = Result<()>> + Send {
-        self.unit_op(OpDesc::Fallocate {
-            mode: 0,
-            offset,
-            len,
-        })
+        let checked = self
+            .check_access("allocate", true)
+            .and_then(|()| File::check_range(offset, len));
+        let op = checked.map(|()| {
+            self.unit_op(OpDesc::Fallocate {
+                mode: 0,
+                offset,
+                len,
+            })
+        });
+        async move { op?.await }
     }
 
     /// Truncates or extends the file to `len` bytes (`IORING_OP_FTRUNCATE` on Linux 6.9+,
     /// else `ftruncate(2)` on the calling thread, or on the thread pool).
     ///
     /// # Errors
-    /// The OS error.
+    /// [`Error::NotOpenedFor`] on a file opened without write access; [`Error::Io`] of kind
+    /// `InvalidInput` when `len` is past the largest file offset; the OS error.
     pub fn set_len(&self, len: u64) -> impl Future<Output = Result<()>> + Send + 'static {
+        let checked = self
+            .check_access("set the length of", true)
+            .and_then(|()| File::check_range(0, len));
         let inline =
             self.inner.driver.backend() == Backend::Uring && !self.inner.driver.has_ftruncate_op();
         let fd = Arc::clone(&self.inner.fd);
-        let op = (!inline).then(|| self.unit_op(OpDesc::Ftruncate { len }));
+        let op = checked.map(|()| (!inline).then(|| self.unit_op(OpDesc::Ftruncate { len })));
         async move {
-            match op {
+            match op? {
                 Some(op) => op.await,
                 None => sys::ftruncate(fd.as_raw_fd(), len).map_err(Error::Io),
             }
@@ -523,11 +797,22 @@ impl File {
         async move { op.await.0.map(drop) }
     }
 
-    /// Checks a buffer and offset against the file's alignment; returns the length.
-    fn check_buf(&self, buf: &mut AlignedBuf, offset: u64) -> Result<u32> {
+    /// Checks `buf[start..buf.len()]` at `offset` against the file's alignment and the file
+    /// offset range; returns the part's address and length.
+    fn check_part(
+        &self,
+        buf: &mut AlignedBuf,
+        start: usize,
+        offset: u64,
+    ) -> Result<(*const u8, u32)> {
+        debug_assert!(start <= buf.len());
+        let len = buf.len() - start;
+        // Address arithmetic only (in bounds: start <= len <= capacity).
+        let ptr = buf.as_mut_ptr().wrapping_add(start);
         self.inner
             .alignment
-            .check_request(buf.as_mut_ptr() as usize, buf.len(), offset)?;
-        File::check_len(buf.len())
+            .check_request(ptr as usize, len, offset)?;
+        File::check_range(offset, len as u64)?;
+        Ok((ptr.cast_const(), File::check_len(len)?))
     }
 }

@@ -40,6 +40,7 @@
 mod align;
 mod buf;
 mod driver;
+mod durability;
 mod error;
 #[cfg(feature = "fault-injection")]
 pub mod fault;
@@ -52,6 +53,7 @@ mod wait;
 pub use align::{Alignment, AlignmentSource};
 pub use buf::{AlignedBuf, BufPool, GetBuf};
 pub use driver::{io_uring_status, Backend, BackendChoice, Driver, DriverBuilder, MAX_QUEUE_DEPTH};
+pub use durability::SyncStrategy;
 pub use error::{BufResult, Error, Result};
 pub use file::{File, OpenOptions};
 

@@ -28,6 +28,44 @@ pub(crate) fn open(path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
     }
 }
 
+/// `open(2)` with `O_CREAT`, telling whether this call created the file: first with
+/// `O_EXCL`, then, if the file exists, without `O_CREAT` (again if it vanished in between).
+pub(crate) fn open_or_create(path: &Path, flags: i32, mode: u32) -> io::Result<(OwnedFd, bool)> {
+    loop {
+        match open(path, flags | libc::O_CREAT | libc::O_EXCL, mode) {
+            Ok(fd) => return Ok((fd, true)),
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+        match open(path, flags, mode) {
+            Ok(fd) => return Ok((fd, false)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// `statfs(2)` on `path`, or on its directory when it does not exist: the magic number of the
+/// file system a file there is (or would be) on.
+pub(crate) fn path_fs_magic(path: &Path) -> io::Result<i64> {
+    let target = if path.symlink_metadata().is_ok() {
+        path
+    } else {
+        match path.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => parent,
+            _ => Path::new("."),
+        }
+    };
+    let cpath = CString::new(target.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains a NUL byte"))?;
+    // SAFETY: an all-zero `statfs` is a valid value of this plain C struct.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `cpath` is a valid NUL-terminated string and `st` a writable `statfs`, both
+    // outliving the call.
+    check(unsafe { libc::statfs(cpath.as_ptr(), &mut st) })?;
+    Ok(st.f_type as i64)
+}
+
 fn check(ret: libc::c_int) -> io::Result<libc::c_int> {
     if ret < 0 {
         Err(io::Error::last_os_error())
@@ -144,6 +182,15 @@ pub(crate) fn buffered_only_fs_name(magic: i64) -> Option<&'static str> {
         0x9fa0 => Some("procfs"),
         _ => None,
     }
+}
+
+/// The file system `fd` is on: its name (as [`fs_name`]) and magic number (`fstatfs(2)`).
+///
+/// # Errors
+/// The OS error of `fstatfs`.
+pub fn fs_name_of(fd: RawFd) -> io::Result<(&'static str, i64)> {
+    let magic = fs_magic(fd)?;
+    Ok((fs_name(magic), magic))
 }
 
 /// A human name for common file system magic numbers (for messages and `probe`).

@@ -110,3 +110,36 @@ fn cancelled_operations_with_held_completions_free_their_slots() {
         assert!(matches!(err, Err(Error::Closed)));
     }
 }
+
+/// `write_all_at` goes on after short writes until everything is written; `read_exact_at`
+/// after short reads.
+#[test]
+fn write_all_and_read_exact_continue_after_short_transfers() {
+    // Completions 0 and 1 (the first two writes) and 3 (the first read) come back short.
+    let plan = || {
+        FaultPlan::new()
+            .at(0, Fault::Short)
+            .at(1, Fault::Short)
+            .at(3, Fault::Short)
+    };
+    for driver in drivers_with(|b| b.fault_plan(plan())) {
+        let file = scratch_file(&driver, "short");
+        let mut buf = file.alloc_buf(64 << 10);
+        for i in 0..(64 << 10) {
+            buf.extend_from_slice(&[(i % 241) as u8]);
+        }
+        let expected = buf.to_vec();
+        futures::executor::block_on(async {
+            let (r, buf) = file.write_all_at(buf, 0).await;
+            r.unwrap();
+            assert_eq!(buf.len(), 64 << 10);
+            let mut back = file.alloc_buf(64 << 10);
+            back.set_len(64 << 10);
+            let (r, back) = file.read_exact_at(back, 0).await;
+            r.unwrap();
+            assert_eq!(&back[..], &expected[..]);
+        });
+        assert_eq!(driver.faults_injected(), 3, "short transfers were injected");
+        wait_idle(&driver);
+    }
+}

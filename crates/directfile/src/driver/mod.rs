@@ -302,7 +302,9 @@ impl Shared {
 /// One submission, ready for the backend.
 pub(crate) enum Submission {
     Uring {
-        entry: io_uring::squeue::Entry,
+        /// One entry, or two linked ones (a write, then its data sync).
+        entries: [io_uring::squeue::Entry; 2],
+        count: usize,
         generation: u32,
     },
     Threads {
@@ -318,6 +320,11 @@ impl Submission {
                 *generation
             }
         }
+    }
+
+    /// Whether the operation completes in two linked parts (see `SlotInner::linked`).
+    pub(crate) fn linked(&self) -> bool {
+        matches!(self, Submission::Uring { count: 2, .. })
     }
 }
 
@@ -339,7 +346,9 @@ impl Engine {
     /// Hands a submission to the kernel or the workers. An error means nothing was submitted.
     pub(crate) fn submit(&self, shared: &Shared, submission: Submission) -> Result<()> {
         match (self, submission) {
-            (Engine::Uring(u), Submission::Uring { entry, .. }) => u.submit(shared, &entry),
+            (Engine::Uring(u), Submission::Uring { entries, count, .. }) => {
+                u.submit(shared, &entries[..count])
+            }
             (Engine::Threads(t), Submission::Threads { index, generation }) => {
                 t.submit(index, generation)
             }

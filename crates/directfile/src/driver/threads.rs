@@ -206,7 +206,9 @@ unsafe fn run(fd: i32, desc: OpDesc, iov: *const libc::iovec, iov_len: usize) ->
                 // SAFETY: the caller guarantees `ptr` is valid and writable for `len` bytes.
                 unsafe { libc::preadv2(fd, &iov, 1, offset as i64, 0) as i64 }
             }
-            OpDesc::Writev { offset, dsync } => {
+            // `sync` (an explicit data sync after the write) is io_uring's: a synchronous
+            // write is a path on which the kernel applies O_DSYNC itself.
+            OpDesc::Writev { offset, dsync, .. } => {
                 let flags = if dsync { libc::RWF_DSYNC } else { 0 };
                 // SAFETY: the caller guarantees the iovecs and what they point to are valid.
                 unsafe { libc::pwritev2(fd, iov, iov_len as i32, offset as i64, flags) as i64 }

@@ -31,6 +31,10 @@ use std::sync::Arc;
 const TAG_WAKE: u64 = u64::MAX;
 /// `user_data` of `IORING_OP_ASYNC_CANCEL` requests (their own completions carry nothing).
 const TAG_CANCEL: u64 = u64::MAX - 1;
+/// Set in the index half of `user_data` on the write of a linked write + data sync pair: its
+/// completion is half of the operation's (slot indexes stay below `MAX_QUEUE_DEPTH`).
+const LINKED_WRITE: u64 = 1 << 31;
+const _: () = assert!((super::MAX_QUEUE_DEPTH as u64) < LINKED_WRITE);
 /// Entries in the registered-buffer table, shared by all pools of one driver.
 const FIXED_TABLE_ENTRIES: u32 = 1024;
 /// This thread's owner token: non-zero, distinct from every other live thread's.
@@ -247,6 +251,10 @@ impl Uring {
 
     pub(crate) fn prepare(&self, slot: &SlotInner, index: u32, generation: u32) -> Submission {
         let fd = types::Fd(slot.fd);
+        let sync_after = matches!(
+            slot.desc,
+            OpDesc::Write { sync: true, .. } | OpDesc::Writev { sync: true, .. }
+        );
         let entry = match slot.desc {
             OpDesc::Nop => opcode::Nop::new().build(),
             OpDesc::Write {
@@ -302,8 +310,30 @@ impl Uring {
                 opcode::Ftruncate::new(fd, len).build()
             }
         };
+        let data = user_data(index, generation);
+        if sync_after {
+            // A write-through write on a file system that may skip O_DSYNC's sync on this path
+            // (SyncStrategy::ExplicitSync): the data sync runs after the write, whatever the
+            // write's outcome (IO_HARDLINK: a failed or short write does not cancel it), and
+            // its completion is the operation's. Entries of a link are pushed together.
+            let sync = opcode::Fsync::new(fd)
+                .flags(types::FsyncFlags::DATASYNC)
+                .build()
+                .user_data(data);
+            return Submission::Uring {
+                entries: [
+                    entry
+                        .flags(io_uring::squeue::Flags::IO_HARDLINK)
+                        .user_data(data | LINKED_WRITE),
+                    sync,
+                ],
+                count: 2,
+                generation,
+            };
+        }
         Submission::Uring {
-            entry: entry.user_data(user_data(index, generation)),
+            entries: [entry.user_data(data), opcode::Nop::new().build()],
+            count: 1,
             generation,
         }
     }
@@ -313,11 +343,17 @@ impl Uring {
     /// An entry once in the ring cannot be taken back, so this never reports failure for it:
     /// transient refusals (EBUSY, EAGAIN, EINTR) are retried after reaping; anything else can
     /// only be our bug and panics. Errors of the operation itself arrive as its completion.
-    pub(crate) fn submit(&self, shared: &Shared, entry: &io_uring::squeue::Entry) -> Result<()> {
+    pub(crate) fn submit(
+        &self,
+        shared: &Shared,
+        entries: &[io_uring::squeue::Entry],
+    ) -> Result<()> {
         self.with_sq(|sq| loop {
-            // SAFETY: the entry's pointers (buffers, iovecs) are owned by a slot that is
-            // InFlight and keeps them until this entry's completion is reaped.
-            if unsafe { sq.push(entry) }.is_ok() {
+            // SAFETY: the entries' pointers (buffers, iovecs) are owned by a slot that is
+            // InFlight and keeps them until the operation's last completion is reaped (a
+            // linked write completes before its sync starts). `push_multiple` pushes all of
+            // them, adjacent as a link needs, or none.
+            if unsafe { sq.push_multiple(entries) }.is_ok() {
                 break;
             }
             // Queue full (others pushed and left their entries to the reaper, or have not
@@ -471,12 +507,24 @@ impl Uring {
     }
 
     pub(crate) fn cancel(&self, shared: &Shared, index: u32, generation: u32) {
-        let entry = opcode::AsyncCancel::new(user_data(index, generation))
-            .build()
-            .user_data(TAG_CANCEL);
-        // The cancel entry holds no pointers; its failure (the operation already finished)
-        // is harmless, since the operation's own completion frees the slot either way.
-        let _ = self.submit(shared, &entry);
+        let data = user_data(index, generation);
+        let cancel = |target: u64| {
+            opcode::AsyncCancel::new(target)
+                .build()
+                .user_data(TAG_CANCEL)
+        };
+        // The cancel entries hold no pointers; their failure (the operation already finished)
+        // is harmless, since the operation's own completion frees the slot either way. A
+        // linked pair is cancelled at both ends: the write, and the sync waiting behind it.
+        let linked = {
+            let slot = shared.slots.lock(index);
+            slot.generation == generation && slot.linked
+        };
+        if linked {
+            let _ = self.submit(shared, &[cancel(data | LINKED_WRITE), cancel(data)]);
+        } else {
+            let _ = self.submit(shared, &[cancel(data)]);
+        }
         self.kick();
     }
 
@@ -571,6 +619,13 @@ impl Uring {
         for cqe in cq {
             let data = cqe.user_data();
             if data >= TAG_CANCEL {
+                continue;
+            }
+            if data & LINKED_WRITE != 0 {
+                let index = (data & !LINKED_WRITE) as u32;
+                shared
+                    .slots
+                    .complete_linked_write(index, (data >> 32) as u32, cqe.result());
                 continue;
             }
             shared.complete(data as u32, (data >> 32) as u32, cqe.result());

@@ -106,7 +106,9 @@ impl Op {
                     }
                 }
             }
-            shared.engine.prepare(&slot, index, generation)
+            let submission = shared.engine.prepare(&slot, index, generation);
+            slot.linked = submission.linked();
+            submission
         };
         let generation = submission.generation();
         match shared.engine.submit(shared, submission) {

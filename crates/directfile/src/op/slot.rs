@@ -34,6 +34,9 @@ pub(crate) enum OpDesc {
         len: u32,
         fixed: Option<u16>,
         dsync: bool,
+        /// Follow the write with an explicit data sync, and complete when it does
+        /// ([`SyncStrategy::ExplicitSync`](crate::SyncStrategy::ExplicitSync)).
+        sync: bool,
     },
     Read {
         offset: u64,
@@ -45,6 +48,7 @@ pub(crate) enum OpDesc {
     Writev {
         offset: u64,
         dsync: bool,
+        sync: bool,
     },
     Fsync {
         datasync: bool,
@@ -115,6 +119,13 @@ pub(crate) struct SlotInner {
     /// Keeps the descriptor open while the operation may still use it.
     pub(crate) file: Option<Arc<OwnedFd>>,
     pub(crate) iovecs: IoVecs,
+    /// The operation is two linked submissions (a write, then a data sync; io_uring): it
+    /// completes once both have, whichever completion is reaped first.
+    pub(crate) linked: bool,
+    /// The linked write's result, once its completion arrived.
+    pub(crate) linked_write: Option<i32>,
+    /// The linked sync's result, if it arrived before the write's.
+    pub(crate) linked_sync: Option<i32>,
 }
 
 // SAFETY: the raw pointers in `desc` point into `bufs`, which the slot owns and which are Send;
@@ -175,6 +186,9 @@ impl Slots {
                     bufs: OpBufs::None,
                     file: None,
                     iovecs: IoVecs(Vec::with_capacity(max_iovecs)),
+                    linked: false,
+                    linked_write: None,
+                    linked_sync: None,
                 })
             })
             .collect();
@@ -300,17 +314,65 @@ impl Slots {
         slot.generation = slot.generation.wrapping_add(1);
         slot.desc = OpDesc::Nop;
         slot.iovecs.0.clear();
+        slot.linked = false;
+        slot.linked_write = None;
+        slot.linked_sync = None;
         (std::mem::take(&mut slot.bufs), slot.file.take())
     }
 
-    /// Records the completion `res` of the operation `(index, generation)`: wakes its future,
-    /// or frees the slot if the future is gone. Stale completions are ignored.
+    /// Records the completion of the write of a linked write + data sync pair. The operation
+    /// completes when the sync's completion ([`Slots::complete`]) has arrived too: the kernel
+    /// starts the sync after the write, but the two completions may be reaped in either order.
+    pub(crate) fn complete_linked_write(&self, index: u32, generation: u32, res: i32) {
+        let mut slot = self.lock(index);
+        if slot.generation != generation || !slot.linked {
+            debug_assert!(false, "stale linked write completion for slot {index}");
+            return;
+        }
+        slot.linked_write = Some(res);
+        if let Some(sync) = slot.linked_sync.take() {
+            self.finish(slot, index, Slots::linked_result(res, sync));
+        }
+    }
+
+    /// The result of a linked pair: the write's error, else the sync's error, else the bytes
+    /// written, which are durable now.
+    fn linked_result(write: i32, sync: i32) -> i32 {
+        if write < 0 {
+            write
+        } else if sync < 0 {
+            sync
+        } else {
+            write
+        }
+    }
+
+    /// Records the completion `res` of the operation `(index, generation)` (for a linked pair,
+    /// its sync's): wakes its future, or frees the slot if the future is gone. Stale
+    /// completions are ignored.
     pub(crate) fn complete(&self, index: u32, generation: u32, res: i32) {
         let mut slot = self.lock(index);
         if slot.generation != generation {
             debug_assert!(false, "stale completion for slot {index}");
             return;
         }
+        let res = if slot.linked {
+            match slot.linked_write {
+                Some(write) => Slots::linked_result(write, res),
+                None => {
+                    // The write's completion is still to be reaped: it finishes the slot.
+                    slot.linked_sync = Some(res);
+                    return;
+                }
+            }
+        } else {
+            res
+        };
+        self.finish(slot, index, res);
+    }
+
+    /// The operation of the locked `slot` is over with result `res`.
+    fn finish(&self, mut slot: MutexGuard<'_, SlotInner>, index: u32, res: i32) {
         match std::mem::replace(&mut slot.state, State::Completed(res)) {
             State::InFlight { waker, .. } => {
                 drop(slot);
@@ -441,6 +503,42 @@ mod tests {
         assert_eq!(f.res, 7);
         assert_eq!(slots.in_flight(), 0);
         assert_eq!(slots.lock(i).generation, g + 1);
+    }
+
+    #[test]
+    fn a_linked_pair_completes_with_both_halves_in_either_order() {
+        let slots = Slots::new(1, 4);
+        for (write, sync, sync_first, expected) in [
+            (4096, 0, false, 4096),
+            (4096, 0, true, 4096),
+            (2048, 0, true, 2048),
+            (-libc::ENOSPC, 0, false, -libc::ENOSPC),
+            (4096, -libc::EIO, true, -libc::EIO),
+            (-libc::EIO, -libc::ECANCELED, false, -libc::EIO),
+        ] {
+            let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx(), &mut None) else {
+                panic!()
+            };
+            let g = {
+                let mut slot = slots.lock(i);
+                let g = Slots::arm(&mut slot, 0, OpDesc::Nop, OpBufs::None, fd());
+                slot.linked = true;
+                g
+            };
+            if sync_first {
+                slots.complete(i, g, sync);
+                assert!(slots.take_or_register(i, g, None).is_none(), "half done");
+                slots.complete_linked_write(i, g, write);
+            } else {
+                slots.complete_linked_write(i, g, write);
+                assert!(slots.take_or_register(i, g, None).is_none(), "half done");
+                slots.complete(i, g, sync);
+            }
+            let f = slots.take_or_register(i, g, None).unwrap();
+            assert_eq!(f.res, expected, "write {write} sync {sync}");
+            assert_eq!(slots.in_flight(), 0);
+            assert!(!slots.lock(i).linked, "disarmed");
+        }
     }
 
     #[test]
@@ -629,6 +727,54 @@ mod loom_model {
             assert_eq!(pool.available(), 1);
             assert_eq!(slots.in_flight(), 0);
             assert!(matches!(slots.lock(i).state, State::Free));
+        });
+    }
+
+    /// A linked write + sync pair whose two completions are recorded by two threads (in
+    /// either order) while the future polls or is dropped: the result, combined from both
+    /// halves, is taken exactly once; the buffer is released once, and only after both halves.
+    #[test]
+    fn loom_linked_halves_race_with_poll_and_drop() {
+        loom::model(|| {
+            let slots = Arc::new(Slots::new(1, 1));
+            let pool = crate::BufPool::unregistered(1, 512, 512);
+            let (i, g) = armed_slot(&slots, OpBufs::One(pool.try_get().unwrap()));
+            slots.lock(i).linked = true;
+            let halves = Arc::new(LoomCount::new(0));
+            let (s2, h2) = (slots.clone(), halves.clone());
+            let write = loom::thread::spawn(move || {
+                h2.fetch_add(1, Ordering::SeqCst);
+                s2.complete_linked_write(i, g, 512);
+            });
+            let (s3, h3) = (slots.clone(), halves.clone());
+            let sync = loom::thread::spawn(move || {
+                h3.fetch_add(1, Ordering::SeqCst);
+                s3.complete(i, g, 0);
+            });
+            let counter = Arc::new(CountWake(LoomCount::new(0)));
+            let waker = Waker::from(counter.clone());
+            match slots.take_or_register(i, g, Some(&waker)) {
+                Some(f) => {
+                    assert_eq!(f.res, 512);
+                    assert_eq!(halves.load(Ordering::SeqCst), 2, "both halves were in");
+                    drop(f);
+                }
+                None => {
+                    if slots.abandon(i, g) {
+                        // Dropped in flight: the buffer stays with the slot until both halves.
+                        assert!(pool.available() == 0 || halves.load(Ordering::SeqCst) == 2);
+                    }
+                }
+            }
+            write.join().unwrap();
+            sync.join().unwrap();
+            if let State::Completed(res) = slots.lock(i).state {
+                assert_eq!(res, 512);
+                assert_eq!(counter.0.load(Ordering::SeqCst), 1, "woken once");
+                slots.take_or_register(i, g, None).expect("completed");
+            }
+            assert_eq!(pool.available(), 1);
+            assert_eq!(slots.in_flight(), 0);
         });
     }
 
