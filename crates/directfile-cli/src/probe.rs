@@ -157,6 +157,8 @@ pub fn run(args: ProbeArgs) -> CliResult<()> {
     let (memory_align, offset_align, align_source) = device::direct_io_alignment(&probe_file.path);
     let auto = directfile_backend::auto_choice();
     let memory_fs = magic.is_some_and(sys::is_memory_file_system);
+    // How directfile makes a write-through write durable here (SyncStrategy).
+    let write_through = magic.map(|magic| directfile::SyncStrategy::for_file_system(magic as i64));
 
     if args.json {
         let opcodes: Value = match &uring.status {
@@ -193,6 +195,11 @@ pub fn run(args: ProbeArgs) -> CliResult<()> {
             "open_o_dsync": open_json(&dsync_open),
             "open_o_direct_o_dsync": open_json(&direct_dsync_open),
             "block_device": device.as_ref().map(device_json),
+            "write_through": write_through.map(|(strategy, why)| json!({
+                "strategy": format!("{strategy:?}"),
+                "means": strategy.to_string(),
+                "why": why,
+            })),
             "auto_backend": match &auto {
                 Ok((backend, reason)) => json!({"backend": backend, "reason": reason}),
                 Err(err) => json!({"backend": null, "error": err.to_string()}),
@@ -273,6 +280,13 @@ pub fn run(args: ProbeArgs) -> CliResult<()> {
     add("O_DIRECT open", open_text(&direct_open));
     add("O_DSYNC open", open_text(&dsync_open));
     add("O_DIRECT|O_DSYNC", open_text(&direct_dsync_open));
+    add(
+        "write-through",
+        match write_through {
+            Some((strategy, why)) => format!("{strategy} ({why})"),
+            None => "unknown (no file system magic)".to_string(),
+        },
+    );
     add("block device", describe_device(device.as_ref()));
     add(
         "auto backend",

@@ -402,6 +402,7 @@ fn probe_reports_text_and_json() {
         "O_DSYNC open",
         "block device",
         "auto backend",
+        "write-through",
     ] {
         assert!(text.contains(key), "{key} missing in {text}");
     }
@@ -413,6 +414,8 @@ fn probe_reports_text_and_json() {
     assert!(value["open_o_direct"]["ok"].is_boolean());
     assert!(value["direct_io_alignment"]["offset"].as_u64().unwrap() >= 512);
     assert!(value["auto_backend"]["backend"].is_string());
+    // The test directory is on ext4, xfs or btrfs (never tmpfs): O_DSYNC alone.
+    assert_eq!(value["write_through"]["strategy"], "Dsync", "{value}");
     assert!(entries(&dir).is_empty(), "probe left {:?}", entries(&dir));
     let _ = fs::remove_dir_all(&dir);
 }

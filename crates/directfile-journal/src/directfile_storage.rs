@@ -5,7 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use directfile::{AlignedBuf, Driver, File, OpenOptions};
+use directfile::{AlignedBuf, Driver, File, OpenOptions, SyncStrategy};
 
 use crate::storage::{
     list_segment_files, segment_file_name, sync_dir, IoBuffer, Storage, HEAD_FILE_NAME,
@@ -43,6 +43,8 @@ pub struct DirectFileStorage {
     block_bytes: usize,
     /// One zeroed buffer, kept for zero-filling new segments without allocating each time.
     zeros: Arc<Mutex<Option<AlignedBuf>>>,
+    /// Forces how write-through writes become durable (default: chosen per file system).
+    sync_strategy: Option<SyncStrategy>,
 }
 
 /// A segment of a [`DirectFileStorage`]: the file on the storage's driver, and a second
@@ -101,7 +103,7 @@ impl DirectFileStorage {
     /// As [`DirectFileStorage::new`].
     pub fn with_driver(dir: impl AsRef<Path>, driver: Driver) -> Result<DirectFileStorage, Error> {
         let dir = dir.as_ref().to_path_buf();
-        std::fs::create_dir_all(&dir)?;
+        crate::storage::create_dir_durably(&dir)?;
         // The LOCK file tells the direct-I/O alignment of this file system.
         let probe = OpenOptions::new()
             .read(true)
@@ -122,7 +124,16 @@ impl DirectFileStorage {
             alone_driver: None,
             block_bytes,
             zeros: Arc::default(),
+            sync_strategy: None,
         })
+    }
+
+    /// Forces how the journal's writes become durable (`directfile::OpenOptions::
+    /// sync_strategy`); by default directfile chooses per file system (`O_DSYNC` alone on
+    /// ext4, xfs and btrfs, an explicit data sync after each write elsewhere).
+    pub fn with_sync_strategy(mut self, strategy: SyncStrategy) -> DirectFileStorage {
+        self.sync_strategy = Some(strategy);
+        self
     }
 
     /// The driver the files use.
@@ -142,6 +153,9 @@ impl DirectFileStorage {
             .write(true)
             .write_through(true)
             .driver(&self.driver);
+        if let Some(strategy) = self.sync_strategy {
+            options.sync_strategy(strategy);
+        }
         options
     }
 

@@ -623,7 +623,7 @@ impl StdStorage {
     /// # Errors
     /// If the directory cannot be created.
     pub fn new(dir: impl AsRef<Path>) -> io::Result<StdStorage> {
-        fs::create_dir_all(dir.as_ref())?;
+        create_dir_durably(dir.as_ref())?;
         Ok(StdStorage {
             dir: dir.as_ref().to_path_buf(),
         })
@@ -632,6 +632,30 @@ impl StdStorage {
     fn path(&self, number: u64) -> PathBuf {
         self.dir.join(segment_file_name(number))
     }
+}
+
+/// Creates `dir` and its missing ancestors, each made durable by a sync of the directory that
+/// holds it: a journal in a new directory must not vanish at a power cut with its records.
+///
+/// # Errors
+/// If a directory cannot be created or synced.
+pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
+    if dir.is_dir() {
+        return Ok(());
+    }
+    if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+        create_dir_durably(parent)?;
+    }
+    match fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
+        Err(e) => return Err(e),
+    }
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    sync_dir(parent)
 }
 
 /// `fsync(2)` on a directory, which makes file creations and removals in it durable.
