@@ -223,6 +223,10 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
             }
         );
         print!("{}", table(&results));
+        if rounds > 1 && backends.contains(&Backend::Fio) {
+            println!("per round: IOPS, and x that round's fio (the device's phase shows in fio's own rate)");
+            print!("{}", rounds_table(&backends, &rounds_by_backend));
+        }
     }
 
     if let Some(plot_path) = &args.plot {
@@ -300,9 +304,75 @@ pub fn table(results: &[Measurement]) -> String {
     crate::table::render(&rows, &keep)
 }
 
+/// One row per round: fio's IOPS, then each backend's IOPS and its ratio to that round's fio.
+pub fn rounds_table(backends: &[Backend], rounds_by_backend: &[Vec<Measurement>]) -> String {
+    let fio = backends.iter().position(|&b| b == Backend::Fio);
+    let mut header = vec!["round".to_string()];
+    header.extend(backends.iter().map(|b| b.name().to_string()));
+    let mut rows = vec![header];
+    let rounds = rounds_by_backend.iter().map(Vec::len).max().unwrap_or(0);
+    for round in 0..rounds {
+        let fio_iops = fio
+            .and_then(|f| rounds_by_backend[f].get(round))
+            .map(|m| m.iops);
+        let mut row = vec![(round + 1).to_string()];
+        for (index, measurements) in rounds_by_backend.iter().enumerate() {
+            row.push(match (measurements.get(round), fio_iops) {
+                (Some(m), Some(f)) if Some(index) != fio && f > 0.0 => {
+                    format!("{} {:.2}", format_count(m.iops), m.iops / f)
+                }
+                (Some(m), _) => format_count(m.iops),
+                (None, _) => "-".to_string(),
+            });
+        }
+        rows.push(row);
+    }
+    let keep = vec![true; backends.len() + 1];
+    crate::table::render(&rows, &keep)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_table_shows_each_rounds_fio_and_ratios() {
+        let recorder = stats::Recorder::new(std::time::Duration::from_secs(1));
+        let totals = stats::PhaseTotals {
+            elapsed: std::time::Duration::from_secs(1),
+            allocations: 0,
+            cpu_user: std::time::Duration::ZERO,
+            cpu_system: std::time::Duration::ZERO,
+        };
+        let label = stats::WorkloadLabel {
+            rw: crate::args::Rw::Randwrite,
+            bs_bytes: 4096,
+            qd: 32,
+            dsync: false,
+        };
+        let with_iops = |name: &str, iops: f64| {
+            let mut m = Measurement::from_records(name, label, &recorder, &totals);
+            m.iops = iops;
+            m
+        };
+        let table = rounds_table(
+            &[Backend::Uring, Backend::Fio],
+            &[
+                vec![with_iops("uring", 90_000.0), with_iops("uring", 55_000.0)],
+                vec![with_iops("fio", 100_000.0), with_iops("fio", 50_000.0)],
+            ],
+        );
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines.len(), 3, "{table}");
+        assert!(
+            lines[1].contains("90,000 0.90") && lines[1].contains("100,000"),
+            "{table}"
+        );
+        assert!(
+            lines[2].contains("55,000 1.10") && lines[2].contains("50,000"),
+            "{table}"
+        );
+    }
 
     #[test]
     fn table_shows_ratios_only_with_fio() {
