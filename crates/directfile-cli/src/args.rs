@@ -13,7 +13,15 @@ use crate::units::{parse_duration, parse_nonzero_size};
 #[command(
     name = "directfile",
     version,
-    about = "Benchmark and probe unbuffered (O_DIRECT), write-through (O_DSYNC) file I/O"
+    about = "Benchmark and probe unbuffered (O_DIRECT), write-through (O_DSYNC) file I/O",
+    after_help = "Examples:
+  directfile bench --compare              # directfile vs std, tokio and fio, here
+  directfile probe /data                  # what /data's file system and this kernel offer
+  directfile journal bench --compare      # the group-commit journal vs std::fs baselines
+  directfile journal verify /data/wal     # exit 0 healthy, 1 torn tail, 2 corrupt
+
+Temporary files go in the directory given (or the current one) and are removed afterwards,
+also on Ctrl-C. They must be on a disk file system (ext4, xfs, btrfs): tmpfs has no O_DIRECT."
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -23,8 +31,21 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Measure IOPS, bandwidth and latency of one workload (fio-like flags).
+    #[command(after_help = "Examples:
+  directfile bench --compare --qd 32                 # every backend and fio, 5 rounds, medians
+  directfile bench /data --qd 1 --dsync --json       # one backend, QD1 write-through, JSON
+  directfile bench --backend threads --plot lat.svg  # the thread pool, with a latency plot
+
+Without PATH (or with a directory) the bench makes a temporary file in the current directory
+(or that directory), laid out with data, and removes it afterwards, also on Ctrl-C. tmpfs is
+refused: it has no O_DIRECT.")]
     Bench(BenchArgs),
     /// Report what this machine and file system offer for direct I/O.
+    #[command(after_help = "Examples:
+  directfile probe             # the current directory's file system
+  directfile probe /data --json
+
+A directory is probed with a temporary file in it, removed afterwards.")]
     Probe(ProbeArgs),
     /// The group-commit journal: measure it, list a journal directory, check one.
     #[command(subcommand)]
@@ -35,11 +56,23 @@ pub enum Command {
 pub enum JournalCommand {
     /// Measure appends/s and commit latency of the journal (and, with --compare, of the
     /// std::fs baselines) with many concurrent writers.
+    #[command(after_help = "Examples:
+  directfile journal bench --compare                  # 64 writers x 256 B, vs baselines
+  directfile journal bench /data --writers 1 --json   # a lone writer's commit latency
+
+The journals are made in a temporary directory inside DIR (or the current directory) and
+removed afterwards, also on Ctrl-C.")]
     Bench(JournalBenchArgs),
     /// List a journal directory: segments, batches, records and their LSNs.
+    #[command(after_help = "Example:
+  directfile journal dump /data/wal")]
     Dump(JournalDirArgs),
     /// Check a journal directory as recovery would. Exit status: 0 healthy, 1 torn tail found
     /// (recovery truncates it), 2 corruption, 3 the directory could not be checked.
+    #[command(after_help = "Example:
+  directfile journal verify /data/wal && echo healthy
+
+Read-only: it neither locks nor changes the journal.")]
     Verify(JournalDirArgs),
 }
 

@@ -419,3 +419,32 @@ fn probe_reports_text_and_json() {
     assert!(entries(&dir).is_empty(), "probe left {:?}", entries(&dir));
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn every_help_shows_examples_and_where_temporary_files_go() {
+    for args in [
+        &["--help"][..],
+        &["bench", "--help"],
+        &["probe", "--help"],
+        &["journal", "bench", "--help"],
+        &["journal", "dump", "--help"],
+        &["journal", "verify", "--help"],
+    ] {
+        let output = Command::new(BIN).args(args).output().unwrap();
+        assert!(output.status.success(), "{args:?}");
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("Example"), "{args:?}: no example in\n{text}");
+        assert!(
+            text.contains("directfile "),
+            "{args:?}: no invocation in\n{text}"
+        );
+        // The commands that make temporary files say where, and that they are removed.
+        if !matches!(args, ["journal", "dump" | "verify", _]) {
+            let lower = text.to_lowercase();
+            assert!(
+                lower.contains("temporary") && lower.contains("removed"),
+                "{args:?}: where temporary files go is not said in\n{text}"
+            );
+        }
+    }
+}

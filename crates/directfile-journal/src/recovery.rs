@@ -291,7 +291,7 @@ fn numbers_text(numbers: &[u64]) -> String {
 
 /// Decides, from the HEAD and the scans of every segment file (in ascending segment number),
 /// which records the journal holds, whether there is a torn tail, and whether anything is
-/// corrupt. The rules are in [`format`](crate::format) ("Rules that make a lost tail
+/// corrupt. The rules are in [`format`](mod@crate::format) ("Rules that make a lost tail
 /// visible", "Explicit truncation").
 ///
 /// # Errors

@@ -57,7 +57,8 @@ pub use durability::SyncStrategy;
 pub use error::{BufResult, Error, Result};
 pub use file::{File, OpenOptions};
 
-/// The README's example compiles and runs as a doc test.
+/// The crate README's example compiles and runs as a doc test (the workspace README carries
+/// the same example: `tests/readme.rs` checks they match).
 #[cfg(doctest)]
-#[doc = include_str!("../../../README.md")]
+#[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
