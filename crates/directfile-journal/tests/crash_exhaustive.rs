@@ -761,6 +761,10 @@ struct Counts {
     torn_tails: u64,
     misdirected: u64,
     misdirected_detected: u64,
+    /// States whose newest started segment was then zeroed whole (a lost tail), and of those
+    /// the ones recovery reported.
+    zeroed_tails: u64,
+    zeroed_tails_detected: u64,
 }
 
 impl Counts {
@@ -770,6 +774,8 @@ impl Counts {
         self.torn_tails += other.torn_tails;
         self.misdirected += other.misdirected;
         self.misdirected_detected += other.misdirected_detected;
+        self.zeroed_tails += other.zeroed_tails;
+        self.zeroed_tails_detected += other.zeroed_tails_detected;
     }
 }
 
@@ -926,6 +932,30 @@ fn random_state(trace: &Trace, seed: u64) -> Result<Counts, String> {
     let files = model.image(&fates, seed, misdirect);
     let acknowledged = model.acknowledgeable(&fates);
     counts.states = 1;
+    // A quarter of the crash states without a misdirected sector then lose their newest started
+    // segment whole (zeroed, as a device or an operator might): recovery must say so, never
+    // reopen at a lower LSN. (The HEAD names that segment; nothing a crash leaves looks so.)
+    if misdirect.is_none() && rng.below(4) == 0 {
+        let (head, _) = scan_image(&files);
+        if let directfile_journal::format::HeadState::Valid { head, .. } = head {
+            let mut zeroed = files.clone();
+            if let Some(file) = zeroed.get_mut(&head.segment_number) {
+                file.fill(0);
+                counts.zeroed_tails = 1;
+                match recover(&zeroed) {
+                    Err(why) if why.contains("all zeros") => counts.zeroed_tails_detected = 1,
+                    Err(why) => return Err(format!("a zeroed newest segment: unexpected {why}")),
+                    Ok(recovered) => {
+                        return Err(format!(
+                            "a zeroed newest segment {} reopened with {} records",
+                            head.segment_number,
+                            recovered.records.len()
+                        ))
+                    }
+                }
+            }
+        }
+    }
     match misdirect {
         None => {
             let recovered = recover(&files)?;
@@ -1090,7 +1120,7 @@ fn crash_states_recover_exactly_an_acknowledged_prefix() {
     });
     let total = exhaustive.states + random.states;
     eprintln!(
-        "{} workloads recorded in {recorded:.2?}; exhaustive: {} states ({} through Journal::open, {} torn tails) in {:.2?}; random: {} states ({} with a misdirected sector, {} of them reported as damage)",
+        "{} workloads recorded in {recorded:.2?}; exhaustive: {} states ({} through Journal::open, {} torn tails) in {:.2?}; random: {} states ({} with a misdirected sector, {} of them reported as damage; {} with the newest segment then zeroed, {} of them reported as corruption)",
         traces.len(),
         exhaustive.states,
         exhaustive.journal_opens,
@@ -1099,8 +1129,15 @@ fn crash_states_recover_exactly_an_acknowledged_prefix() {
         random.states,
         random.misdirected,
         random.misdirected_detected,
+        random.zeroed_tails,
+        random.zeroed_tails_detected,
     );
     // Straight to stdout, past the test harness's capture, so CI logs show the count.
     writeln!(std::io::stdout(), "{total} crash states checked").unwrap();
+    assert_eq!(
+        random.zeroed_tails, random.zeroed_tails_detected,
+        "every zeroed newest segment is reported"
+    );
+    assert!(random.zeroed_tails > 0, "the zeroed-tail cases ran");
     assert!(total >= target.min(100_000), "only {total} crash states");
 }
