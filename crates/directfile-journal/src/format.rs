@@ -134,7 +134,12 @@ const _: () = assert!(BATCH_HEADER_BYTES + RECORD_HEADER_BYTES <= 512);
 #[non_exhaustive]
 pub enum FormatError {
     /// The buffer ends before the structure does.
-    Truncated { needed: usize, available: usize },
+    Truncated {
+        /// Bytes the structure needs.
+        needed: usize,
+        /// Bytes there were.
+        available: usize,
+    },
     /// The bytes are all zero: never-written (preallocated) space.
     Zeroed,
     /// Wrong magic number.
@@ -142,16 +147,31 @@ pub enum FormatError {
     /// A format version this crate does not read.
     UnsupportedVersion(u32),
     /// A checksum does not match.
-    BadChecksum { what: &'static str },
+    BadChecksum {
+        /// Which structure's checksum.
+        what: &'static str,
+    },
     /// A field is outside its allowed range.
-    BadField { what: &'static str, value: u64 },
+    BadField {
+        /// Which field.
+        what: &'static str,
+        /// The value found.
+        value: u64,
+    },
     /// A batch header belongs to another segment or generation (stale bytes).
     Foreign {
+        /// The segment number in the batch header.
         segment_number: u64,
+        /// The generation in the batch header.
         generation: u64,
     },
     /// The batch does not continue the LSN sequence.
-    LsnGap { expected: u64, found: u64 },
+    LsnGap {
+        /// The LSN that would continue it.
+        expected: u64,
+        /// The LSN found.
+        found: u64,
+    },
 }
 
 impl fmt::Display for FormatError {
@@ -218,10 +238,15 @@ impl SegmentHeader {
 /// Header of one batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BatchHeader {
+    /// Records in the batch (at least 1).
     pub record_count: u32,
+    /// The segment it was written into (stale bytes of another segment fail this).
     pub segment_number: u64,
+    /// The generation that wrote it (the segment header's).
     pub generation: u64,
+    /// LSN of its first record.
     pub first_lsn: u64,
+    /// Bytes of the records that follow the header, unpadded.
     pub body_bytes: u32,
 }
 
@@ -240,7 +265,9 @@ impl BatchHeader {
 /// One record as read back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RecordRef<'a> {
+    /// The record's LSN.
     pub lsn: u64,
+    /// Its payload, as appended.
     pub payload: &'a [u8],
 }
 
@@ -476,10 +503,18 @@ pub fn decode_head_slot(bytes: &[u8]) -> Result<(Head, usize), FormatError> {
 pub enum HeadState {
     /// There is no HEAD file.
     Absent,
-    /// The file exists but no slot verifies: `slot_errors` says why, slot by slot.
-    Unreadable { slot_errors: Vec<FormatError> },
-    /// The newest valid slot, and the slot size the file uses.
-    Valid { head: Head, slot_bytes: usize },
+    /// The file exists but no slot verifies.
+    Unreadable {
+        /// Why, slot by slot.
+        slot_errors: Vec<FormatError>,
+    },
+    /// The newest valid slot.
+    Valid {
+        /// Its value.
+        head: Head,
+        /// The slot size the file uses.
+        slot_bytes: usize,
+    },
 }
 
 /// Reads a HEAD file: `None` when it does not exist. Slot 0 is at offset 0 and slot 1 at
@@ -638,6 +673,7 @@ pub fn decode_batch_header(
 /// A fully verified batch.
 #[derive(Debug, Clone, Copy)]
 pub struct DecodedBatch<'a> {
+    /// Its verified header.
     pub header: BatchHeader,
     /// Bytes the batch occupies on disk, padding included.
     pub padded_bytes: usize,

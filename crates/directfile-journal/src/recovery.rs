@@ -36,7 +36,9 @@ pub struct BatchSummary {
     pub offset: u64,
     /// On-disk size of the batch, padding included.
     pub padded_bytes: u64,
+    /// LSN of its first record.
     pub first_lsn: u64,
+    /// Records in it.
     pub record_count: u32,
 }
 
@@ -47,9 +49,13 @@ pub enum SegmentEnd {
     Clean,
     /// Bytes at `offset` are not a valid batch and non-zero bytes reach up to `damaged_end`.
     Damaged {
+        /// Where the first invalid batch starts.
         offset: u64,
+        /// Why it is invalid.
         reason: FormatError,
+        /// Just past the last block with a non-zero byte.
         damaged_end: u64,
+        /// Whether the damage fits in the window of batches a crash can leave unfinished.
         within_torn_window: bool,
     },
 }
@@ -57,14 +63,18 @@ pub enum SegmentEnd {
 /// The state of a segment's header.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HeaderState {
+    /// A valid header.
     Valid(SegmentHeader),
     /// The whole file is zeros: a preallocated segment that was never used.
     Unused,
     /// The header is invalid; `rest_is_zero` tells whether anything was written after it, and
     /// `nonzero_end` is the offset just past the last non-zero byte of the file.
     Invalid {
+        /// Why the header is invalid.
         reason: FormatError,
+        /// Whether every byte after the header is zero.
         rest_is_zero: bool,
+        /// Just past the last non-zero byte of the file.
         nonzero_end: u64,
     },
 }
@@ -72,13 +82,17 @@ pub enum HeaderState {
 /// The result of scanning one segment's bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentScan {
+    /// The segment's number (its file name).
     pub segment_number: u64,
+    /// The file's length.
     pub file_bytes: u64,
+    /// Its header.
     pub header: HeaderState,
     /// Every valid batch, in order (the valid prefix).
     pub batches: Vec<BatchSummary>,
     /// Offset just past the last valid batch (past the header block if there is none).
     pub valid_end: u64,
+    /// What follows the valid prefix.
     pub end: SegmentEnd,
 }
 
@@ -198,11 +212,13 @@ pub fn scan_segment(segment_number: u64, bytes: &[u8]) -> SegmentScan {
 /// Damage recovery may repair: only the newest writes, torn by a crash.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TornTail {
+    /// The segment it is in.
     pub segment_number: u64,
     /// Where the damage starts (the segment is cut here).
     pub offset: u64,
     /// Bytes from `offset` up to the end of the last non-zero block.
     pub damaged_bytes: u64,
+    /// What the first damaged batch failed.
     pub reason: String,
 }
 
@@ -219,8 +235,11 @@ impl fmt::Display for TornTail {
 /// Damage that a crash cannot explain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Corruption {
+    /// The first segment a crash cannot explain.
     pub segment_number: u64,
+    /// Where in it.
     pub offset: u64,
+    /// What is wrong, naming the segments concerned.
     pub reason: String,
 }
 
@@ -254,8 +273,11 @@ pub struct Plan {
     pub torn_tail: Option<TornTail>,
     /// Where to cut the last kept segment (its `valid_end`) if it has a torn tail.
     pub truncate: Option<(u64, u64)>,
+    /// LSN of the first record kept (None when no record is).
     pub first_lsn: Option<u64>,
+    /// LSN the next record gets.
     pub next_lsn: u64,
+    /// Records kept.
     pub record_count: u64,
     /// Highest generation found in a valid segment header or the HEAD (0 if none).
     pub max_generation: u64,
@@ -637,21 +659,32 @@ pub fn scan_image(
 /// Per-segment line of a [`RecoveryReport`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentReport {
+    /// The segment's number.
     pub segment_number: u64,
+    /// The generation that wrote it.
     pub generation: u64,
+    /// LSN of its first record.
     pub first_lsn: u64,
+    /// Valid batches in it.
     pub batch_count: u64,
+    /// Records kept from it (fewer than its batches hold when a truncation cut it).
     pub record_count: u64,
+    /// Bytes up to the end of its last valid batch.
     pub valid_bytes: u64,
+    /// The file's length when it was scanned.
     pub file_bytes: u64,
 }
 
 /// What `Journal::open` found and did.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RecoveryReport {
+    /// The mode recovery ran in.
     pub mode: RecoveryMode,
+    /// The segments kept, oldest first.
     pub segments: Vec<SegmentReport>,
+    /// Records kept.
     pub record_count: u64,
+    /// LSN of the first record kept (None for an empty journal).
     pub first_lsn: Option<u64>,
     /// LSN of the last record kept (None for an empty journal).
     pub last_lsn: Option<u64>,
@@ -659,6 +692,7 @@ pub struct RecoveryReport {
     pub next_lsn: u64,
     /// Generation of this open (written into the segments it creates).
     pub generation: u64,
+    /// The torn tail cut off, if there was one.
     pub torn_tail: Option<TornTail>,
     /// Bytes cut off the last segment (the torn tail).
     pub truncated_bytes: u64,
