@@ -1196,10 +1196,13 @@ impl<S: Storage> Shared<S> {
         drop(guard);
         lock(&self.maintenance).request = Some(number + 1);
         self.maintenance_wake.notify_one();
-        // Recovery voids them anyway (the truncating segment says so); they only take space.
-        // Newest first, as at open.
+        // Recovery voids them anyway (the truncating segment says so); they only take space, so
+        // a failed removal does not make the committed truncation fail. Newest first, as at
+        // open.
         for number in void {
-            self.storage.remove_segment(number)?;
+            if self.storage.remove_segment(number).is_err() {
+                break;
+            }
         }
         Ok(())
     }
@@ -1237,7 +1240,23 @@ impl<S: Storage> Shared<S> {
         }
         let mut next = file.current.clone();
         update(&mut next);
+        // If this future is dropped while the write is in flight, the write may still land, and
+        // the slot buffer is gone with the future: the HEAD's state is unknown until a reopen,
+        // so the journal is poisoned rather than left to write the same slot again.
+        struct InFlight<'a, S: Storage>(&'a Shared<S>, bool);
+        impl<S: Storage> Drop for InFlight<'_, S> {
+            fn drop(&mut self) {
+                if self.1 {
+                    self.0.poison(
+                        &io::Error::other("a HEAD write was cancelled in flight"),
+                        "writing the HEAD file",
+                    );
+                }
+            }
+        }
+        let mut in_flight = InFlight(self, true);
         let result = write_head_slot(&self.storage, &mut file, next).await;
+        in_flight.1 = false;
         match result {
             Ok(()) => {
                 *lock(&self.meta) = file.current.meta.clone();

@@ -320,6 +320,25 @@ fn numbers_text(numbers: &[u64]) -> String {
 /// [`Corruption`] naming the first segment and offset (and, for a lost tail, every segment)
 /// that a crash cannot explain.
 pub fn plan(head: &HeadState, scans: &[SegmentScan]) -> Result<Plan, Corruption> {
+    // A segment of another format version is not damage: it is a journal this build does not
+    // read (no migration), never to be cut or removed as a torn header.
+    for scan in scans {
+        if let HeaderState::Invalid {
+            reason: FormatError::UnsupportedVersion(version),
+            ..
+        } = &scan.header
+        {
+            return Err(Corruption {
+                segment_number: scan.segment_number,
+                offset: 0,
+                reason: format!(
+                    "segment {} is in journal format version {version}; this build reads version {}",
+                    scan.segment_number,
+                    format::FORMAT_VERSION
+                ),
+            });
+        }
+    }
     let mark = match head {
         HeadState::Valid { head, .. } => Some(head),
         HeadState::Absent | HeadState::Unreadable { .. } => None,
@@ -347,10 +366,12 @@ pub fn plan(head: &HeadState, scans: &[SegmentScan]) -> Result<Plan, Corruption>
             _ => "the HEAD file is missing".to_string(),
         };
         if let Some(scan) = scans.iter().find(|s| holds_records(s)) {
+            // A header write leaves non-zero bytes only in its block; 4096 is the journal's
+            // default block (batches start after it), and the largest a crash of the first
+            // open leaves without a custom `block_bytes`.
             let torn_header_only = matches!(
                 &scan.header,
-                HeaderState::Invalid { nonzero_end, .. }
-                    if *nonzero_end <= format::BLOCK_BYTES_MAX as u64
+                HeaderState::Invalid { nonzero_end, .. } if *nonzero_end <= 4096
             );
             if !(torn_header_only && scans.len() == 1) {
                 return Err(Corruption {
@@ -972,6 +993,24 @@ mod tests {
         intact.push(scan_segment(8, &segment(8, 99, 1, 2).0));
         let error = plan(&head_at(8, 15), &intact).unwrap_err();
         assert!(error.reason.contains("starts at LSN 99"), "{error}");
+    }
+
+    #[test]
+    fn another_format_version_is_named_never_cut() {
+        let (mut old, _) = segment(1, 1, 2, 2);
+        old[8..12].copy_from_slice(&1u32.to_le_bytes());
+        let crc = crc32c::crc32c(&old[0..60]);
+        old[60..64].copy_from_slice(&crc.to_le_bytes());
+        for head in [HeadState::Absent, head_at(1, 1)] {
+            let error = plan(&head, &[scan_segment(1, &old)]).unwrap_err();
+            assert_eq!(
+                error.reason,
+                format!(
+                    "segment 1 is in journal format version 1; this build reads version {}",
+                    format::FORMAT_VERSION
+                )
+            );
+        }
     }
 
     #[test]

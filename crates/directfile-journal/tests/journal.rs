@@ -691,6 +691,49 @@ fn metadata_survives_reopen_and_a_crash_mid_write_leaves_old_or_new() {
     assert!(outcomes[0] > 0 && outcomes[1] > 0, "{outcomes:?}");
 }
 
+/// A `set_meta` dropped while its HEAD write is in flight poisons the journal (the HEAD's
+/// state is unknown until a reopen) instead of leaving it to write that slot again: later
+/// appends are refused, dropping the journal does not hang, and a reopen finds the old or the
+/// new value and every record.
+#[test]
+fn a_set_meta_dropped_mid_write_poisons_the_journal() {
+    let slow = Arc::new(AtomicU64::new(u64::MAX));
+    let slow_index = Arc::clone(&slow);
+    let storage = MemStorage::new().with_write_delay(move |index| {
+        if index == slow_index.load(Ordering::SeqCst) {
+            Duration::from_millis(200)
+        } else {
+            Duration::ZERO
+        }
+    });
+    let (journal, _) =
+        futures::executor::block_on(Journal::open_with_storage(storage.clone(), small_options()))
+            .unwrap();
+    futures::executor::block_on(async {
+        for index in 0..10 {
+            journal.append(&payload(index)).await.unwrap();
+        }
+        journal.set_meta(b"old").await.unwrap();
+    });
+    slow.store(storage.write_log().len() as u64, Ordering::SeqCst);
+    futures::executor::block_on(async {
+        let mut set = Box::pin(journal.set_meta(b"new"));
+        assert!(futures::poll!(set.as_mut()).is_pending());
+        drop(set);
+    });
+    assert!(journal.is_poisoned());
+    assert!(matches!(
+        futures::executor::block_on(journal.append(b"after")),
+        Err(Error::Poisoned(_))
+    ));
+    drop(journal);
+    std::thread::sleep(Duration::from_millis(250));
+    let (reopened, report) =
+        futures::executor::block_on(Journal::open_with_storage(storage, small_options())).unwrap();
+    assert_eq!(report.last_lsn, Some(10));
+    assert!(matches!(reopened.meta().as_slice(), b"old" | b"new"));
+}
+
 /// The simulated-disk property: crash at random moments while several batches are in flight;
 /// each sector of each in-flight write is independently kept, lost or torn. Recovery must give
 /// back exactly a prefix of what was appended, byte for byte, holding every acknowledged

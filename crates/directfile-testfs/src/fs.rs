@@ -399,6 +399,9 @@ impl fuser::Filesystem for TestFs {
             // No FOPEN_DIRECT_IO (nor any other flag): the kernel treats the file as it treats
             // one of any ordinary FUSE file system, and an O_DIRECT open takes its direct-I/O
             // path through the page-cache code (`fuse_direct_IO`).
+            Ok(()) if self.options.direct_io_open => {
+                reply.opened(FileHandle(0), FopenFlags::FOPEN_DIRECT_IO)
+            }
             Ok(()) => reply.opened(FileHandle(0), FopenFlags::empty()),
             Err(errno) => reply.error(errno),
         }

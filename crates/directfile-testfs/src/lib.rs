@@ -73,6 +73,10 @@ pub struct Options {
     /// Make a `FUSE_WRITE` durable at once when its flags carry `O_DSYNC` (`false`): a server
     /// that honours the bit, as some do.
     pub durable_dsync_writes: bool,
+    /// Open files with `FOPEN_DIRECT_IO` (`false`), as libfuse's `direct_io` option does: the
+    /// kernel then takes `fuse_direct_write_iter` for every write, whose synchronous path
+    /// sends no `FUSE_FSYNC` for an `O_DSYNC` write either.
+    pub direct_io_open: bool,
 }
 
 impl Default for Options {
@@ -80,6 +84,7 @@ impl Default for Options {
         Options {
             async_direct_io: true,
             durable_dsync_writes: false,
+            direct_io_open: false,
         }
     }
 }

@@ -8,7 +8,11 @@
 //!   completion (`IOMAP_DIO_NEED_SYNC`, or a FUA write), asynchronous or not. Checked here, not
 //!   only read: `scripts/dsync-probe.sh` counts the cache flushes a loop device receives for
 //!   4 KiB io_uring `O_DSYNC` overwrites: one per write on ext4 and xfs, two on btrfs, none
-//!   without `O_DSYNC` (docs/ARCHITECTURE.md has the table).
+//!   without `O_DSYNC` (docs/ARCHITECTURE.md has the table). btrfs only since Linux 6.1: from
+//!   5.16 it synced a direct write only on its synchronous return, and io_uring's first,
+//!   non-blocking attempt returns asynchronously (fixed by "btrfs: fix lost file sync on direct
+//!   IO write with nowait and dsync iocb", 6.1, backported to some stable series, which a
+//!   version number cannot tell); before 6.1 btrfs gets the explicit sync.
 //! - **FUSE** sends `FUSE_FSYNC` after an `O_DSYNC` direct write only on its synchronous path;
 //!   an asynchronous overwrite completes with `-EIOCBQUEUED` and no sync is ever sent (the
 //!   `O_DSYNC` bit only rides in `FUSE_WRITE`'s flags, which a server may ignore). A power cut
@@ -28,9 +32,9 @@ pub enum SyncStrategy {
     Dsync,
     /// `O_DSYNC` and, after each write, an explicit data sync; the write completes when the
     /// sync does. On io_uring a linked `WRITE` -> `FSYNC(DATASYNC)` pair (`IOSQE_IO_HARDLINK`,
-    /// no allocation); on the thread pool the write is synchronous, a path on which the kernel
-    /// applies `O_DSYNC` itself. For file systems that may skip the sync on the asynchronous
-    /// path (FUSE) or were not checked.
+    /// no allocation); on the thread pool `fdatasync(2)` after the `pwritev2(2)` (FUSE with
+    /// `FOPEN_DIRECT_IO` sends no sync even for a synchronous `O_DSYNC` write). For file
+    /// systems that may skip the sync (FUSE) or were not checked.
     ExplicitSync,
 }
 
@@ -44,7 +48,12 @@ impl SyncStrategy {
     /// assert_eq!(SyncStrategy::for_file_system(0x6573_5546).0, SyncStrategy::ExplicitSync); // FUSE
     /// ```
     pub fn for_file_system(magic: i64) -> (SyncStrategy, &'static str) {
+        let btrfs_fixed = crate::sys::kernel_version().is_some_and(|v| v >= (6, 1));
         match crate::sys::fs_name(magic) {
+            "btrfs" if !btrfs_fixed => (
+                SyncStrategy::ExplicitSync,
+                "btrfs before Linux 6.1 may skip the sync of an asynchronous O_DSYNC direct write",
+            ),
             "ext4" | "xfs" | "btrfs" => (
                 SyncStrategy::Dsync,
                 "its direct I/O (iomap) syncs an O_DSYNC write before completing it, on the \

@@ -87,7 +87,9 @@ impl Error {
                 None => e.kind(),
             },
             Error::Misaligned { .. } => io::ErrorKind::InvalidInput,
-            Error::Canceled => io::ErrorKind::Interrupted,
+            // Not `Interrupted`: generic retry loops retry that, and a cancelled operation is
+            // one its caller gave up on.
+            Error::Canceled => io::ErrorKind::Other,
             Error::Closed => io::ErrorKind::BrokenPipe,
             Error::DirectIoUnsupported { .. } | Error::Unsupported(_) => io::ErrorKind::Unsupported,
             Error::Locked { .. } => io::ErrorKind::WouldBlock,

@@ -72,7 +72,8 @@ pub(crate) struct Injector {
     plan: FaultPlan,
     count: AtomicU64,
     injected: AtomicU64,
-    held: Mutex<Vec<(u32, u32, i32)>>,
+    /// Held completions: `(index, generation, result, linked write half)`.
+    held: Mutex<Vec<(u32, u32, i32, bool)>>,
 }
 
 /// How often held completions are delivered.
@@ -93,7 +94,31 @@ impl Injector {
     }
 
     /// Applies the plan to one completion from the backend.
-    pub(crate) fn complete(&self, shared: &Shared, index: u32, generation: u32, mut res: i32) {
+    pub(crate) fn complete(&self, shared: &Shared, index: u32, generation: u32, res: i32) {
+        self.apply(shared, index, generation, res, false);
+    }
+
+    /// Applies the plan to the completion of a linked pair's write half: its faults reach the
+    /// write's result, which the pair's result is made of.
+    pub(crate) fn complete_linked_write(
+        &self,
+        shared: &Shared,
+        index: u32,
+        generation: u32,
+        res: i32,
+    ) {
+        self.apply(shared, index, generation, res, true);
+    }
+
+    fn deliver(shared: &Shared, index: u32, generation: u32, res: i32, write_half: bool) {
+        if write_half {
+            shared.slots.complete_linked_write(index, generation, res);
+        } else {
+            shared.slots.complete(index, generation, res);
+        }
+    }
+
+    fn apply(&self, shared: &Shared, index: u32, generation: u32, mut res: i32, write_half: bool) {
         let n = self.count.fetch_add(1, Ordering::Relaxed);
         if let Some(fault) = self.plan.fault_for(n) {
             self.injected.fetch_add(1, Ordering::Relaxed);
@@ -104,12 +129,12 @@ impl Injector {
             };
         }
         if self.plan.reorder == 0 {
-            shared.slots.complete(index, generation, res);
+            Injector::deliver(shared, index, generation, res, write_half);
             return;
         }
         let full = {
             let mut held = self.held.lock().unwrap();
-            held.push((index, generation, res));
+            held.push((index, generation, res, write_half));
             held.len() >= self.plan.reorder
         };
         if full {
@@ -121,8 +146,8 @@ impl Injector {
     fn flush(&self, shared: &Shared) -> bool {
         let batch = std::mem::take(&mut *self.held.lock().unwrap());
         let any = !batch.is_empty();
-        for (index, generation, res) in batch.into_iter().rev() {
-            shared.slots.complete(index, generation, res);
+        for (index, generation, res, write_half) in batch.into_iter().rev() {
+            Injector::deliver(shared, index, generation, res, write_half);
         }
         any
     }

@@ -239,9 +239,10 @@ impl OpenOptions {
         } else {
             (Alignment::uniform(1), AlignmentSource::Default)
         };
-        unwanted.path = None;
         if self.lock {
             sys::flock_exclusive(&fd).map_err(|e| {
+                // Someone else holds the file now: it is theirs, whoever created it.
+                unwanted.path = None;
                 if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
                     Error::Locked {
                         path: path.to_path_buf(),
@@ -257,6 +258,7 @@ impl OpenOptions {
         if self.preallocate > 0 {
             sys::fallocate(fd.as_raw_fd(), 0, 0, self.preallocate).map_err(with_path)?;
         }
+        unwanted.path = None;
         let sync_strategy = self.write_through.then(|| {
             self.sync_strategy
                 .unwrap_or_else(|| SyncStrategy::for_file_system(magic).0)
@@ -444,6 +446,16 @@ impl File {
         }
     }
 
+    /// Where the rest of a transfer that moved `done` bytes from `offset` goes: on, or at the
+    /// current position again for a file without offsets.
+    fn continued(offset: u64, done: usize) -> u64 {
+        if offset == CURRENT_POSITION {
+            offset
+        } else {
+            offset + done as u64
+        }
+    }
+
     /// Refuses a range that ends past the largest file offset (`i64::MAX`, `loff_t`). The one
     /// exception is `u64::MAX`, -1 as a file offset: the current position, which io_uring and
     /// `preadv2` take for files without offsets (pipes, FIFOs; opened with `direct(false)`).
@@ -562,7 +574,7 @@ impl File {
             let mut done = 0;
             let mut buf = buf;
             while done < total {
-                let at = offset + done as u64;
+                let at = File::continued(offset, done);
                 let (res, back) = match file.prepare_write(buf, done, at) {
                     Err((e, buf)) => return (Err(e), buf),
                     Ok(op) => {
@@ -643,9 +655,12 @@ impl File {
             let mut done = 0;
             let mut buf = buf;
             while done < total {
-                let at = offset + done as u64;
+                let at = File::continued(offset, done);
                 let (res, mut back) = match file.prepare_read(buf, done, at) {
-                    Err((e, buf)) => return (Err(e), buf),
+                    Err((e, mut buf)) => {
+                        buf.set_len(done);
+                        return (Err(e), buf);
+                    }
                     Ok(op) => {
                         let (res, bufs) = op.await;
                         (res, bufs.into_one())

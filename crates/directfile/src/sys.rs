@@ -30,8 +30,12 @@ pub(crate) fn open(path: &Path, flags: i32, mode: u32) -> io::Result<OwnedFd> {
 
 /// `open(2)` with `O_CREAT`, telling whether this call created the file: first with
 /// `O_EXCL`, then, if the file exists, without `O_CREAT` (again if it vanished in between).
+/// A dangling symbolic link fails `O_EXCL` (the link exists) and the plain open (its target
+/// does not): it is opened with `O_CREAT` alone, which creates the target, reported as not
+/// created by this call (nothing proves it was). So is a path that keeps vanishing and
+/// reappearing, after a few tries.
 pub(crate) fn open_or_create(path: &Path, flags: i32, mode: u32) -> io::Result<(OwnedFd, bool)> {
-    loop {
+    for _ in 0..8 {
         match open(path, flags | libc::O_CREAT | libc::O_EXCL, mode) {
             Ok(fd) => return Ok((fd, true)),
             Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
@@ -42,7 +46,14 @@ pub(crate) fn open_or_create(path: &Path, flags: i32, mode: u32) -> io::Result<(
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => return Err(e),
         }
+        if path
+            .symlink_metadata()
+            .is_ok_and(|m| m.file_type().is_symlink())
+        {
+            break;
+        }
     }
+    open(path, flags | libc::O_CREAT, mode).map(|fd| (fd, false))
 }
 
 /// `statfs(2)` on `path`, or on its directory when it does not exist: the magic number of the
@@ -184,6 +195,29 @@ pub(crate) fn buffered_only_fs_name(magic: i64) -> Option<&'static str> {
     }
 }
 
+/// The running kernel's version, `(major, minor)` from `uname(2)`'s release ("6.18.44-..."),
+/// read once.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    static VERSION: std::sync::OnceLock<Option<(u32, u32)>> = std::sync::OnceLock::new();
+    *VERSION.get_or_init(|| {
+        // SAFETY: an all-zero `utsname` is a valid value of this plain C struct.
+        let mut name: libc::utsname = unsafe { std::mem::zeroed() };
+        // SAFETY: `name` is a valid, writable `utsname` for the kernel to fill.
+        if unsafe { libc::uname(&mut name) } != 0 {
+            return None;
+        }
+        // SAFETY: uname NUL-terminates `release` inside the array.
+        let release = unsafe { std::ffi::CStr::from_ptr(name.release.as_ptr()) };
+        parse_kernel_version(release.to_str().ok()?)
+    })
+}
+
+/// `(major, minor)` of a kernel release string such as "6.18.44-fc-v1098".
+fn parse_kernel_version(release: &str) -> Option<(u32, u32)> {
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
 /// The file system `fd` is on: its name (as [`fs_name`]) and magic number (`fstatfs(2)`).
 ///
 /// # Errors
@@ -207,5 +241,18 @@ pub fn fs_name(magic: i64) -> &'static str {
         0x0102_1994 => "tmpfs",
         0x8584_58f6 => "ramfs",
         _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kernel_versions_parse() {
+        assert_eq!(parse_kernel_version("6.18.44-fc-v1098"), Some((6, 18)));
+        assert_eq!(parse_kernel_version("5.15.0-91-generic"), Some((5, 15)));
+        assert_eq!(parse_kernel_version("junk"), None);
+        assert!(kernel_version().is_some());
     }
 }

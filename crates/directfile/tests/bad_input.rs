@@ -220,5 +220,91 @@ fn os_errors_map_to_kinds_a_caller_can_match() {
         assert_eq!(err.kind(), kind, "errno {errno}");
         assert_eq!(err.raw_os_error(), Some(errno), "the errno stays readable");
     }
-    assert_eq!(Error::Canceled.kind(), ErrorKind::Interrupted);
+    assert_eq!(
+        Error::Canceled.kind(),
+        ErrorKind::Other,
+        "not retried as Interrupted"
+    );
+}
+
+#[test]
+fn create_through_a_dangling_symlink_creates_the_target() {
+    let dir = scratch_dir("symlink");
+    let target = dir.join("target.dat");
+    let link = dir.join("link.dat");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .open(&link)
+        .unwrap();
+    assert!(target.exists(), "the link's target was created");
+    drop(file);
+}
+
+#[test]
+fn a_failed_preallocation_leaves_no_file_it_created() {
+    let dir = scratch_dir("prealloc");
+    let path = dir.join("huge");
+    let err = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .preallocate(1 << 60)
+        .open(&path)
+        .unwrap_err();
+    assert!(
+        matches!(err.kind(), ErrorKind::StorageFull | ErrorKind::FileTooLarge),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
+    assert!(!path.exists(), "the refused open left {}", path.display());
+}
+
+/// `u64::MAX` is the current position: `read_exact_at` on a FIFO goes on reading there after a
+/// short read (it must not compute an offset), and `write_all_at` likewise.
+#[test]
+fn exact_transfers_at_the_current_position_continue_there() {
+    for driver in drivers() {
+        let path = scratch_dir("fifo-exact").join("fifo");
+        let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
+        let fifo = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .direct(false)
+            .driver(&driver)
+            .open(&path)
+            .unwrap();
+        let writer = std::thread::spawn({
+            let path = path.clone();
+            move || {
+                use std::io::Write;
+                let mut w = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                w.write_all(b"abc").unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                w.write_all(b"defgh").unwrap();
+            }
+        });
+        let mut buf = fifo.alloc_buf(8);
+        buf.set_len(8);
+        let (r, buf) = block_on(fifo.read_exact_at(buf, u64::MAX));
+        r.unwrap();
+        assert_eq!(&buf[..], b"abcdefgh", "{}", driver.backend());
+        writer.join().unwrap();
+        let mut out = fifo.alloc_buf(5);
+        out.extend_from_slice(b"12345");
+        let (r, _) = block_on(fifo.write_all_at(out, u64::MAX));
+        r.unwrap();
+        let mut back = fifo.alloc_buf(5);
+        back.set_len(5);
+        let (r, back) = block_on(fifo.read_exact_at(back, u64::MAX));
+        r.unwrap();
+        assert_eq!(&back[..], b"12345");
+    }
 }

@@ -143,3 +143,48 @@ fn write_all_and_read_exact_continue_after_short_transfers() {
         wait_idle(&driver);
     }
 }
+
+/// On a write-through file with the explicit sync (on io_uring a linked write + fsync pair),
+/// faults reach the write's result: an error fails the operation, a short write is reported
+/// short (and `write_all_at` goes on); the data ends up whole.
+#[test]
+fn faults_reach_the_write_of_an_explicitly_synced_write() {
+    // Completion 0 (the first write, or its write half) fails with EIO; 2 comes back short.
+    let plan = || {
+        FaultPlan::new()
+            .at(0, Fault::Errno(libc::EIO))
+            .at(2, Fault::Short)
+    };
+    for driver in drivers_with(|b| b.fault_plan(plan())) {
+        let file = directfile::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .write_through(true)
+            .sync_strategy(directfile::SyncStrategy::ExplicitSync)
+            .driver(&driver)
+            .open(common::scratch_dir("faults-sync").join("f"))
+            .unwrap();
+        let mut buf = file.alloc_buf(16 << 10);
+        buf.extend_from_slice(&[9u8; 16 << 10]);
+        futures::executor::block_on(async {
+            let (r, buf) = file.write_at(buf, 0).await;
+            assert_eq!(
+                r.unwrap_err().raw_os_error(),
+                Some(libc::EIO),
+                "{}",
+                driver.backend()
+            );
+            let (r, buf) = file.write_all_at(buf, 0).await;
+            r.unwrap();
+            let mut back = file.alloc_buf(16 << 10);
+            back.set_len(16 << 10);
+            let (r, back) = file.read_exact_at(back, 0).await;
+            r.unwrap();
+            assert!(back.iter().all(|&b| b == 9));
+            drop(buf);
+        });
+        assert!(driver.faults_injected() >= 2, "{}", driver.backend());
+        wait_idle(&driver);
+    }
+}

@@ -21,8 +21,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-/// The most operation slots a driver has (`DriverBuilder::queue_depth` is capped to it): two
-/// completions per slot must fit the kernel's largest completion queue (65536 entries).
+/// The most operation slots a driver has (`DriverBuilder::queue_depth` is capped to it): three
+/// completions per slot (a write, its linked sync, a cancel) must fit the kernel's largest
+/// completion queue (65536 entries).
 pub const MAX_QUEUE_DEPTH: usize = 16_384;
 
 /// Aborts the process if the thread holding it unwinds: a driver thread that dies with
@@ -286,6 +287,17 @@ impl Shared {
             return;
         }
         self.slots.complete(index, generation, res);
+    }
+
+    /// Records the completion of the write half of a linked write + sync pair (through the
+    /// fault plan, when there is one: its faults reach the write's result).
+    pub(crate) fn complete_linked_write(&self, index: u32, generation: u32, res: i32) {
+        #[cfg(feature = "fault-injection")]
+        if let Some(faults) = &self.faults {
+            faults.complete_linked_write(self, index, generation, res);
+            return;
+        }
+        self.slots.complete_linked_write(index, generation, res);
     }
 
     pub(crate) fn is_closed(&self) -> bool {

@@ -168,6 +168,17 @@ fn worker(shared: &Arc<Shared>) {
         // dropped meanwhile) is freed only by our `complete` below: until then it keeps the
         // buffers, iovecs and descriptor referred to by `desc`.
         let res = unsafe { run(fd, desc, iov_ptr, iov_len) };
+        let res = match desc {
+            // SyncStrategy::ExplicitSync: the write completes once a data sync after it does.
+            // Even a synchronous O_DSYNC write is not synced by every file system (FUSE with
+            // FOPEN_DIRECT_IO sends no FUSE_FSYNC for it).
+            OpDesc::Write { sync: true, .. } | OpDesc::Writev { sync: true, .. } => {
+                // SAFETY: a data sync of the open descriptor; no memory is passed.
+                let synced = unsafe { run(fd, OpDesc::Fsync { datasync: true }, iov_ptr, 0) };
+                crate::op::slot::Slots::linked_result(res, synced)
+            }
+            _ => res,
+        };
         shared.complete(index, generation, res);
     }
 }
@@ -206,8 +217,7 @@ unsafe fn run(fd: i32, desc: OpDesc, iov: *const libc::iovec, iov_len: usize) ->
                 // SAFETY: the caller guarantees `ptr` is valid and writable for `len` bytes.
                 unsafe { libc::preadv2(fd, &iov, 1, offset as i64, 0) as i64 }
             }
-            // `sync` (an explicit data sync after the write) is io_uring's: a synchronous
-            // write is a path on which the kernel applies O_DSYNC itself.
+            // `sync` (an explicit data sync after the write) is the worker's, after `run`.
             OpDesc::Writev { offset, dsync, .. } => {
                 let flags = if dsync { libc::RWF_DSYNC } else { 0 };
                 // SAFETY: the caller guarantees the iovecs and what they point to are valid.

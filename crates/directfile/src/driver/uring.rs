@@ -35,6 +35,7 @@ const TAG_CANCEL: u64 = u64::MAX - 1;
 /// completion is half of the operation's (slot indexes stay below `MAX_QUEUE_DEPTH`).
 const LINKED_WRITE: u64 = 1 << 31;
 const _: () = assert!((super::MAX_QUEUE_DEPTH as u64) < LINKED_WRITE);
+const _: () = assert!((3 * super::MAX_QUEUE_DEPTH + 16).next_power_of_two() <= 65536);
 /// Entries in the registered-buffer table, shared by all pools of one driver.
 const FIXED_TABLE_ENTRIES: u32 = 1024;
 /// This thread's owner token: non-zero, distinct from every other live thread's.
@@ -134,10 +135,11 @@ impl Uring {
     /// Makes a ring for `slots` operations and checks that the kernel has every opcode we use.
     pub(crate) fn new(slots: usize, cooperative: bool) -> std::result::Result<Uring, String> {
         let entries = (slots as u32).next_power_of_two().clamp(8, 4096);
-        // Every slot can have its operation and one cancel request outstanding, plus wake-ups:
-        // a completion queue of 2 x slots + 16 (rounded up) never overflows. The builder caps
-        // the slots at MAX_QUEUE_DEPTH so this stays within the kernel's 65536.
-        let cq_entries = (2 * slots as u32 + 16).next_power_of_two().max(entries * 2);
+        // Every slot can have three completions outstanding (a write, the data sync linked
+        // after it, and one cancel request), plus wake-ups: a completion queue of 3 x slots + 16
+        // (rounded up) never overflows. The builder caps the slots at MAX_QUEUE_DEPTH so this
+        // stays within the kernel's 65536.
+        let cq_entries = (3 * slots as u32 + 16).next_power_of_two().max(entries * 2);
         // IORING_SETUP_SUBMIT_ALL (5.18): keep submitting past an entry that fails at prep, so
         // no entry pushed by another thread is left in the queue.
         // IORING_SETUP_COOP_TASKRUN | TASKRUN_FLAG (5.19), when asked for: see
@@ -513,18 +515,16 @@ impl Uring {
                 .build()
                 .user_data(TAG_CANCEL)
         };
-        // The cancel entries hold no pointers; their failure (the operation already finished)
-        // is harmless, since the operation's own completion frees the slot either way. A
-        // linked pair is cancelled at both ends: the write, and the sync waiting behind it.
+        // The cancel entry holds no pointers; its failure (the operation already finished) is
+        // harmless, since the operation's own completion frees the slot either way. A linked
+        // pair is cancelled at its write: the sync waiting behind it is in no list a cancel
+        // searches, and runs after the write anyway (IO_HARDLINK), so the slot frees then.
         let linked = {
             let slot = shared.slots.lock(index);
             slot.generation == generation && slot.linked
         };
-        if linked {
-            let _ = self.submit(shared, &[cancel(data | LINKED_WRITE), cancel(data)]);
-        } else {
-            let _ = self.submit(shared, &[cancel(data)]);
-        }
+        let target = if linked { data | LINKED_WRITE } else { data };
+        let _ = self.submit(shared, &[cancel(target)]);
         self.kick();
     }
 
@@ -623,9 +623,7 @@ impl Uring {
             }
             if data & LINKED_WRITE != 0 {
                 let index = (data & !LINKED_WRITE) as u32;
-                shared
-                    .slots
-                    .complete_linked_write(index, (data >> 32) as u32, cqe.result());
+                shared.complete_linked_write(index, (data >> 32) as u32, cqe.result());
                 continue;
             }
             shared.complete(data as u32, (data >> 32) as u32, cqe.result());

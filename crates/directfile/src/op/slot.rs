@@ -337,7 +337,7 @@ impl Slots {
 
     /// The result of a linked pair: the write's error, else the sync's error, else the bytes
     /// written, which are durable now.
-    fn linked_result(write: i32, sync: i32) -> i32 {
+    pub(crate) fn linked_result(write: i32, sync: i32) -> i32 {
         if write < 0 {
             write
         } else if sync < 0 {
