@@ -1,0 +1,76 @@
+//! directfile-journal as [openraft](https://docs.rs/openraft/0.9)'s log store: durable group
+//! commit under Raft, without blocking the Raft task on the device.
+//!
+//! ```no_run
+//! use directfile_raft::kv::{KvConfig, KvStateMachine};
+//! use directfile_raft::LogStore;
+//! # async fn start(network: impl openraft::RaftNetworkFactory<KvConfig>) -> Result<(), Box<dyn std::error::Error>> {
+//! let (log_store, _report) =
+//!     LogStore::<KvConfig>::open("node-1/raft-log", Default::default()).await?;
+//! let config = std::sync::Arc::new(openraft::Config::default().validate()?);
+//! let raft = openraft::Raft::new(1, config, network, log_store, KvStateMachine::new()).await?;
+//! # let _ = raft; Ok(()) }
+//! ```
+//!
+//! # How an append becomes durable
+//!
+//! `RaftLogStorage::append(entries, callback)` encodes the entries (see [`codec`]), keeps them
+//! in memory (they are readable when `append` returns, as openraft requires), hands them to the
+//! store's flusher thread and returns: the Raft task never waits for the device. The flusher
+//! puts each append into the journal's filling batch in order (the next append starts only
+//! after the previous one is in a batch), so appends from consecutive calls share one
+//! write-through write (group commit across calls), several batches are in flight at once, and
+//! the flusher fires each callback only when the journal acknowledged every record of it, in
+//! order. A failed write poisons the journal: that callback and every later one get the error,
+//! and the store refuses further appends.
+//!
+//! # Raft index and journal LSN
+//!
+//! One entry is one journal record. openraft's indexes start at 0 and the journal's LSNs at 1;
+//! purging a log past its end (a follower that installs a snapshot) makes the next entry's
+//! index jump while LSNs never do. So the mapping is an offset kept in the meta blob
+//! ([`codec::IndexMap`]): index `i >= index_base` is LSN `lsn_base + (i - index_base)`. A new
+//! log has `index_base = 0, lsn_base = 1`. Truncating at index `i` truncates the journal at
+//! `lsn(i)` (`Journal::truncate_from`, which makes the next append get that LSN again), so the
+//! mapping holds. Only a purge past the last entry changes it: the next index `p + 1` gets the
+//! journal's next LSN.
+//!
+//! # Vote, committed log id, purge
+//!
+//! They live in the journal's meta blob (`Journal::set_meta`, written atomically and durably
+//! in two alternating checksummed slots: a crash shows the old blob or the new one, never a
+//! torn one or an older one as newer), with the mapping and a format version ([`codec`]).
+//!
+//! - `save_vote` returns once the blob with the vote is durable, after every earlier append is
+//!   durable (openraft asks for all log I/O in order, the vote included).
+//! - `save_committed` keeps the id in memory; the flusher writes it in the background once
+//!   every entry up to it is durable here. After a crash the committed id read back is never
+//!   newer than the log (openraft re-applies up to it at start), at worst older (openraft then
+//!   learns it again from the leader).
+//! - `purge(log_id)` hides the entries at once; the flusher writes the last purged id (and a
+//!   new mapping when the purge passes the end of the log) to the meta, then removes the whole
+//!   journal segments below it (`Journal::truncate_before`). Records of a partly purged segment
+//!   stay on disk until the segment goes, hidden by the purged id.
+//! - `truncate(log_id)` waits for earlier appends, then `Journal::truncate_from(lsn)`: a crash
+//!   leaves the old log or the truncated one.
+//!
+//! # Reads
+//!
+//! Entries not yet durable and the most recent durable ones (up to 16,384) are served from
+//! memory; older ones from the journal, by LSN.
+//!
+//! # Layout
+//!
+//! - [`codec`]: the entry record and the meta blob (versioned byte layouts).
+//! - [`LogStore`]: `RaftLogStorage` + `RaftLogReader`.
+//! - [`kv`]: a small in-memory key-value state machine and its type configuration.
+//! - [`cluster`]: an in-process network (a router between `Raft` handles) and node helpers,
+//!   for the `kv` example, the tests and the peers benchmark.
+#![forbid(unsafe_code)]
+
+pub mod cluster;
+pub mod codec;
+pub mod kv;
+mod log_store;
+
+pub use log_store::{Durable, Error, LogStore, OpenReport};
