@@ -141,6 +141,8 @@ enum Command<C: RaftTypeConfig> {
 
 enum BarrierOp<C: RaftTypeConfig> {
     SaveVote(Vote<C::NodeId>),
+    /// A new index mapping for an empty log.
+    SetMap(IndexMap),
     Truncate { lsn: u64 },
     Purge {
         last_purged: LogId<C::NodeId>,
@@ -379,7 +381,14 @@ impl<C: RaftTypeConfig, S: Storage> LogStore<C, S> {
     {
         let mut records = Vec::new();
         let mut log_ids = Vec::new();
+        let purged_up_to = lock(&self.shared.state).last_purged.as_ref().map(|p| p.index);
         for entry in entries {
+            // An entry at or below the last purged one is already covered by the snapshot:
+            // there is nothing to keep (openraft's suite appends such entries after
+            // `get_initial_state` purged up to the state machine's last applied entry).
+            if purged_up_to.is_some_and(|p| entry.log_id.index <= p) {
+                continue;
+            }
             let mut bytes = Vec::with_capacity(64);
             codec::encode_entry(&entry, &mut bytes).map_err(write_error)?;
             if RECORD_HEADER_BYTES + bytes.len() > self.shared.batch_payload_bytes_max {
@@ -396,6 +405,27 @@ impl<C: RaftTypeConfig, S: Storage> LogStore<C, S> {
         let mut state = lock(&self.shared.state);
         if let Some(why) = &state.failed {
             return Err(write_error(format!("the raft log stopped after a failed write: {why}")));
+        }
+        // An empty log (nothing appended, nothing purged) may start at any index (openraft's
+        // suite does): the mapping moves so that this index gets the journal's next LSN, and
+        // the flusher writes it to the meta before the entries.
+        if let Some(first) = log_ids.first() {
+            if state.last_log_id.is_none()
+                && state.last_purged.is_none()
+                && first.index != state.map.index_base
+            {
+                let map = IndexMap {
+                    lsn_base: state.map.lsn_base,
+                    index_base: first.index,
+                };
+                state.map = map;
+                state.cache_first = first.index;
+                let (reply, _ignored) = oneshot::channel();
+                self.send(Command::Barrier {
+                    op: BarrierOp::SetMap(map),
+                    reply,
+                })?;
+            }
         }
         let mut expected = state.next_index();
         for log_id in &log_ids {
@@ -914,6 +944,14 @@ impl<C: RaftTypeConfig, S: Storage> Flusher<C, S> {
         match op {
             BarrierOp::SaveVote(vote) => {
                 self.meta.vote = Some(vote);
+                let blob = codec::encode_meta(&self.meta);
+                Box::pin(async move {
+                    let blob = blob.map_err(|e| io_error(e.to_string()))?;
+                    journal.set_meta(&blob).await.map_err(journal_io)
+                })
+            }
+            BarrierOp::SetMap(map) => {
+                self.meta.map = map;
                 let blob = codec::encode_meta(&self.meta);
                 Box::pin(async move {
                     let blob = blob.map_err(|e| io_error(e.to_string()))?;
