@@ -45,6 +45,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::thread::JoinHandle;
 
+use crate::batch_index::BatchIndex;
 use crate::format::{
     self, BatchHeader, Head, HeadState, SegmentHeader, BATCH_HEADER_BYTES, RECORD_HEADER_BYTES,
 };
@@ -171,6 +172,8 @@ struct State<S: Storage> {
     /// means the leading appender is alone and may wait for its write eagerly.
     appends_while_writing: u64,
     spare: Option<SpareResult<S::Segment>>,
+    /// Where each batch starts, by LSN, for readers.
+    batch_index: BatchIndex,
     header_buf: Option<S::Buf>,
     stats: JournalStats,
 }
@@ -547,7 +550,14 @@ impl<S: Storage> Journal<S> {
                 waiters: Vec::with_capacity(256),
             })
             .collect();
+        let batch_index = BatchIndex::from_scans(
+            scans
+                .iter()
+                .filter(|s| segments.iter().any(|kept| kept.number == s.segment_number)),
+            &plan.cuts,
+        );
         let state = State {
+            batch_index,
             slots,
             next_seq: 0,
             acked_seq: 0,
@@ -729,6 +739,14 @@ impl<S: Storage> Journal<S> {
     /// segment are gone after [`Journal::truncate_before`]; the reader starts at the oldest
     /// one kept). Records acknowledged after this call are not included.
     pub fn reader(&self, from: Lsn) -> Reader<'_, S> {
+        self.reader_range(from, Lsn(u64::MAX))
+    }
+
+    /// A reader over the durable records with LSNs in `from..to`. It costs what the range
+    /// costs: an in-memory index of every batch's offset (filled at open from the recovery
+    /// scan and as batches are written) takes it to the batch that holds `from`, and it reads
+    /// the bytes of the batches up to the one holding `to - 1`, not the segment from its start.
+    pub fn reader_range(&self, from: Lsn, to: Lsn) -> Reader<'_, S> {
         let state = lock(&self.shared.state);
         let segments: Vec<SegmentEntry> = state.segments.iter().copied().collect();
         let start = segments
@@ -738,7 +756,8 @@ impl<S: Storage> Journal<S> {
         let next_lsn = from.0.max(segments.first().map_or(1, |s| s.first_lsn));
         Reader {
             shared: &self.shared,
-            until: state.durable_lsn,
+            until: state.durable_lsn.min(to.0.saturating_sub(1)),
+            seek_end: None,
             next_lsn,
             segments,
             segment_index: start,
@@ -786,6 +805,7 @@ impl<S: Storage> Journal<S> {
             let mut state = lock(&self.shared.state);
             while state.segments.len() >= 2 && state.segments[1].first_lsn <= lsn.0 {
                 let entry = state.segments.pop_front().expect("two segments");
+                state.batch_index.remove(entry.number);
                 doomed.push(entry.number);
             }
         }
@@ -977,6 +997,9 @@ impl<S: Storage> Shared<S> {
             job.rotate = true;
         } else {
             job.offset = state.active.write_offset;
+            state
+                .batch_index
+                .record(state.active.number, job.first_lsn, job.offset);
             state.active.write_offset += padded;
             job.segment = Some(state.active.handle.clone());
             self.seal_job(&mut job, state.active.number);
@@ -1062,6 +1085,7 @@ impl<S: Storage> Shared<S> {
             state.rotating = false;
             state.stats.segments_created += 1;
             job.offset = block;
+            state.batch_index.record(number, job.first_lsn, block);
             job.segment = Some(segment);
             // Lanes that found nothing to take during the rotation look again.
             wake_list.append(&mut state.idle_lanes);
@@ -1171,7 +1195,9 @@ impl<S: Storage> Shared<S> {
             state.durable_lsn = lsn - 1;
             let mut void = Vec::new();
             while state.segments.back().is_some_and(|s| s.first_lsn >= lsn) {
-                void.push(state.segments.pop_back().expect("a segment").number);
+                let number = state.segments.pop_back().expect("a segment").number;
+                state.batch_index.remove(number);
+                void.push(number);
             }
             state.segments.push_back(SegmentEntry {
                 number,
@@ -1662,6 +1688,8 @@ pub struct Record<'a> {
 pub struct Reader<'a, S: Storage> {
     shared: &'a Arc<Shared<S>>,
     until: u64,
+    /// Where the batches of the range end in the current segment, when the index knows.
+    seek_end: Option<u64>,
     next_lsn: u64,
     segments: Vec<SegmentEntry>,
     segment_index: usize,
@@ -1734,18 +1762,12 @@ impl<S: Storage> Reader<'_, S> {
             .map(|next| next.first_lsn)
     }
 
-    /// Reads the chunk at `offset`. `batch_bytes_max` is that of the segment being read (an
-    /// older open may have used bigger batches than ours): the chunk holds at least two.
-    async fn fill_chunk(
-        &mut self,
-        segment: &S::Segment,
-        offset: u64,
-        batch_bytes_max: usize,
-    ) -> Result<()> {
+    /// Reads `bytes` (rounded up to the storage's block) at `offset` into the chunk.
+    async fn fill_chunk(&mut self, segment: &S::Segment, offset: u64, bytes: usize) -> Result<()> {
         let storage = &self.shared.storage;
-        let capacity = READ_CHUNK_BYTES.max(2 * batch_bytes_max);
+        let capacity = format::round_up(bytes.max(1), storage.block_bytes());
         let buf = match self.chunk.take() {
-            Some(buf) if buf.capacity() >= capacity => buf,
+            Some(buf) if buf.capacity() == capacity => buf,
             _ => storage.alloc_buf(capacity),
         };
         let (result, buf) = storage.read_at(segment, buf, offset).await;
@@ -1776,8 +1798,19 @@ impl<S: Storage> Reader<'_, S> {
                     }));
                 };
                 let segment = self.shared.storage.open_segment(entry.number)?;
-                let ours = self.shared.config.batch_bytes_max;
-                self.fill_chunk(&segment, 0, ours).await?;
+                let seek = lock(&self.shared.state).batch_index.seek(
+                    entry.number,
+                    self.next_lsn,
+                    self.until,
+                );
+                // With the batch known, only the header block is read here; else a chunk from
+                // the segment's start (an older open may have used bigger batches than ours:
+                // the chunk holds at least two of ours).
+                let bytes = match seek {
+                    Some(_) => format::SEGMENT_HEADER_BYTES,
+                    None => READ_CHUNK_BYTES.max(2 * self.shared.config.batch_bytes_max),
+                };
+                self.fill_chunk(&segment, 0, bytes).await?;
                 let chunk = self.chunk.as_ref().expect("chunk").as_slice();
                 let header = format::decode_segment_header(chunk).map_err(|e| {
                     Error::Corruption(recovery::Corruption {
@@ -1786,8 +1819,22 @@ impl<S: Storage> Reader<'_, S> {
                         reason: format!("segment header: {e}"),
                     })
                 })?;
-                self.cursor = u64::from(header.block_bytes);
-                self.expect_lsn = header.first_lsn;
+                match seek {
+                    Some(seek) => {
+                        self.cursor = seek.offset;
+                        self.expect_lsn = seek.first_lsn;
+                        // Past the last known batch nothing of the range is left: it ends
+                        // within one batch of that batch's start.
+                        self.seek_end = Some(seek.end_offset.unwrap_or(
+                            seek.last_offset + u64::from(header.batch_bytes_max),
+                        ));
+                    }
+                    None => {
+                        self.cursor = u64::from(header.block_bytes);
+                        self.expect_lsn = header.first_lsn;
+                        self.seek_end = None;
+                    }
+                }
                 self.current = Some((segment, header));
             }
             if self.segment_end().is_some_and(|end| self.expect_lsn >= end) {
@@ -1799,11 +1846,20 @@ impl<S: Storage> Reader<'_, S> {
             let batch_max = header.batch_bytes_max as u64;
             let chunk_len = self.chunk.as_ref().map_or(0, |c| c.len()) as u64;
             let chunk_full = chunk_len == self.chunk.as_ref().map_or(0, |c| c.capacity()) as u64;
+            // The bytes the next batch may need: up to a whole batch, but never past the end of
+            // the range when the index told it (the batch at the cursor ends there or before).
+            let range_end = self.seek_end.filter(|&end| end > self.cursor);
+            let needed_end = range_end.map_or(self.cursor + batch_max, |end| {
+                end.min(self.cursor + batch_max)
+            });
             if self.cursor < self.chunk_offset
-                || (chunk_full && self.cursor + batch_max > self.chunk_offset + chunk_len)
+                || (chunk_full && needed_end > self.chunk_offset + chunk_len)
             {
-                self.fill_chunk(&segment, self.cursor, header.batch_bytes_max as usize)
-                    .await?;
+                // A chunk holds at least two batches of the segment, or exactly the rest of the
+                // range.
+                let default = READ_CHUNK_BYTES.max(2 * header.batch_bytes_max as usize);
+                let bytes = range_end.map_or(default, |end| ((end - self.cursor) as usize).min(default));
+                self.fill_chunk(&segment, self.cursor, bytes).await?;
             }
             let chunk = self.chunk.as_ref().expect("chunk").as_slice();
             let at = (self.cursor - self.chunk_offset) as usize;

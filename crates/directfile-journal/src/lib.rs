@@ -38,6 +38,7 @@ use std::fmt;
 use std::io;
 use std::sync::Arc;
 
+mod batch_index;
 mod directfile_storage;
 pub mod format;
 mod journal;

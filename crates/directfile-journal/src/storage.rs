@@ -217,6 +217,8 @@ struct MemDisk {
     creates_started: u64,
     /// Segment creations with an index >= this fail.
     fail_creates_from: Option<u64>,
+    /// Bytes returned by reads, to check what a read costs.
+    bytes_read: u64,
 }
 
 /// What a crash does to one sector of an in-flight write.
@@ -281,6 +283,11 @@ impl MemStorage {
             block_bytes: 512,
             delay: None,
         }
+    }
+
+    /// Bytes read so far (segments and HEAD), to check what a reader costs.
+    pub fn bytes_read(&self) -> u64 {
+        self.disk.lock().expect("mem disk").bytes_read
     }
 
     /// Makes write number `index` (counting from 0) and every later write fail.
@@ -562,7 +569,7 @@ impl Storage for MemStorage {
         mut buf: HeapBuf,
         offset: u64,
     ) -> (io::Result<usize>, HeapBuf) {
-        let disk = self.disk.lock().expect("mem disk");
+        let mut disk = self.disk.lock().expect("mem disk");
         let Some(file) = disk.files.get(&segment.0) else {
             return (
                 Err(io::Error::new(io::ErrorKind::NotFound, "segment removed")),
@@ -573,6 +580,7 @@ impl Storage for MemStorage {
         let count = (file.len() - start).min(buf.capacity());
         buf.as_full_mut()[..count].copy_from_slice(&file[start..start + count]);
         buf.set_len(count);
+        disk.bytes_read += count as u64;
         (Ok(count), buf)
     }
 
