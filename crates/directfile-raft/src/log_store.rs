@@ -261,7 +261,7 @@ impl<C: RaftTypeConfig, S: Storage> LogStore<C, S> {
         let last_log_id = match last_record_index {
             Some(index) => {
                 let lsn = next_lsn - 1;
-                let mut reader = journal.reader(Lsn(lsn));
+                let mut reader = journal.reader_range(Lsn(lsn), Lsn(lsn + 1));
                 let record = reader.next().await?.ok_or_else(|| {
                     Error::Inconsistent(format!("the last record, LSN {lsn}, cannot be read"))
                 })?;
@@ -484,7 +484,8 @@ impl<C: RaftTypeConfig, S: Storage> LogStore<C, S> {
             let lsn = map
                 .lsn(journal_part.start)
                 .ok_or_else(|| read_error("read below the index mapping's base"))?;
-            let mut reader = self.shared.journal.reader(Lsn(lsn));
+            let count = journal_part.end - journal_part.start;
+            let mut reader = self.shared.journal.reader_range(Lsn(lsn), Lsn(lsn + count));
             for index in journal_part.clone() {
                 let record = reader.next().await.map_err(read_error)?.ok_or_else(|| {
                     read_error(format!(
