@@ -255,6 +255,12 @@ pub fn dump(args: JournalDirArgs) -> CliResult<ExitCode> {
         return Err(no_segments(&args.dir));
     }
     print!("{report}");
+    // A raft log (directfile-raft) says what its records are.
+    match directfile_raft::inspect::inspect(&args.dir) {
+        Ok(Some(raft)) => print!("{raft}"),
+        Ok(None) => {}
+        Err(err) => println!("raft view unavailable: {err}"),
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -267,7 +273,27 @@ pub fn verify(args: JournalDirArgs) -> CliResult<ExitCode> {
         return Err(no_segments(&args.dir));
     }
     print!("{report}");
-    let code = u8::try_from(report.exit_code()).unwrap_or(VERIFY_FAILED);
+    let mut code = u8::try_from(report.exit_code()).unwrap_or(VERIFY_FAILED);
+    // A raft log (directfile-raft): its meta, its entries' range, and whether every entry
+    // decodes at the LSN its index maps to (a mismatch is corruption: exit 2).
+    if code < 2 {
+        match directfile_raft::inspect::inspect(&args.dir) {
+            Ok(Some(raft)) => {
+                print!("{}", raft.summary());
+                for problem in &raft.problems {
+                    println!("  PROBLEM: {problem}");
+                }
+                if !raft.problems.is_empty() {
+                    code = 2;
+                }
+            }
+            Ok(None) => {}
+            Err(err) => {
+                println!("raft view: {err}");
+                code = 2;
+            }
+        }
+    }
     Ok(ExitCode::from(code))
 }
 

@@ -206,6 +206,52 @@ impl VerifyReport {
 ///
 /// # Errors
 /// If the directory or a segment cannot be read.
+/// What an open of the journal in `dir` would keep: its metadata (`Journal::meta`) and every
+/// record, in LSN order, passed to `visit(lsn, payload)` (without opening the journal, so a
+/// journal in use can be looked at). Records a torn tail, a truncation or a torn segment voids
+/// are not visited.
+///
+/// # Errors
+/// The directory cannot be read, or recovery would refuse it (the corruption is in the
+/// error's message).
+pub fn kept_records(
+    dir: impl AsRef<Path>,
+    mut visit: impl FnMut(u64, &[u8]),
+) -> io::Result<Vec<u8>> {
+    let dir = dir.as_ref();
+    let scans = scan_dir(dir)?;
+    let head = read_head_file(dir)?;
+    let plain: Vec<SegmentScan> = scans.iter().map(|(scan, _)| scan.clone()).collect();
+    let plan = recovery::plan(&head, &plain)
+        .map_err(|c| io::Error::new(io::ErrorKind::InvalidData, c.to_string()))?;
+    let truncate_at = |number: u64| plan.truncate.filter(|t| t.0 == number).map(|t| t.1);
+    for (scan, bytes) in &scans {
+        if !plan.kept_segments.contains(&scan.segment_number) {
+            continue;
+        }
+        let HeaderState::Valid(header) = &scan.header else {
+            continue;
+        };
+        let cut = plan
+            .cuts
+            .iter()
+            .find(|c| c.0 == scan.segment_number)
+            .map_or(u64::MAX, |c| c.1);
+        for batch in &scan.batches {
+            if truncate_at(scan.segment_number).is_some_and(|end| batch.offset >= end) {
+                break;
+            }
+            let decoded =
+                format::decode_batch(&bytes[batch.offset as usize..], header, batch.first_lsn)
+                    .expect("the scan verified this batch");
+            for record in decoded.records().filter(|r| r.lsn < cut) {
+                visit(record.lsn, record.payload);
+            }
+        }
+    }
+    Ok(plan.head.map(|h| h.meta).unwrap_or_default())
+}
+
 pub fn verify(dir: impl AsRef<Path>) -> io::Result<VerifyReport> {
     let dir = dir.as_ref();
     let scans: Vec<SegmentScan> = scan_dir(dir)?.into_iter().map(|(scan, _)| scan).collect();

@@ -63,6 +63,7 @@
 //!
 //! - [`codec`]: the entry record and the meta blob (versioned byte layouts).
 //! - [`LogStore`]: `RaftLogStorage` + `RaftLogReader`.
+//! - [`inspect`]: the Raft view of a directory for `directfile journal dump|verify`.
 //! - [`kv`]: a small in-memory key-value state machine and its type configuration.
 //! - [`cluster`]: an in-process network (a router between `Raft` handles) and node helpers,
 //!   for the `kv` example, the tests and the peers benchmark.
@@ -70,6 +71,7 @@
 
 pub mod cluster;
 pub mod codec;
+pub mod inspect;
 pub mod kv;
 mod log_store;
 
