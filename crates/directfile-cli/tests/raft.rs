@@ -38,7 +38,9 @@ fn dump_and_verify_show_the_raft_side() {
     };
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let (mut store, _) = LogStore::<KvConfig>::open(&dir, options.clone()).await.unwrap();
+        let (mut store, _) = LogStore::<KvConfig>::open(&dir, options.clone())
+            .await
+            .unwrap();
         store.save_vote(&Vote::new_committed(3, 2)).await.unwrap();
         let (done, flushed) = std::sync::mpsc::channel();
         store
@@ -48,14 +50,24 @@ fn dump_and_verify_show_the_raft_side() {
             )
             .unwrap();
         assert!(flushed.recv().unwrap());
-        store.purge(LogId::new(CommittedLeaderId::new(3, 2), 4)).await.unwrap();
-        store.save_committed(Some(LogId::new(CommittedLeaderId::new(3, 2), 15))).await.unwrap();
+        store
+            .purge(LogId::new(CommittedLeaderId::new(3, 2), 4))
+            .await
+            .unwrap();
+        store
+            .save_committed(Some(LogId::new(CommittedLeaderId::new(3, 2), 15)))
+            .await
+            .unwrap();
         // Purge and committed are written in the background: closing the store waits for them.
         drop(store);
     });
     let path = dir.to_str().unwrap();
     let output = run_in(&root, &["journal", "dump", path]);
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let text = stdout(&output);
     for needle in [
         "raft log (meta format 1): 15 entries, index 5..=19 (terms 3..=3)",
@@ -84,6 +96,9 @@ fn dump_and_verify_show_the_raft_side() {
     let output = run_in(&root, &["journal", "verify", path]);
     let text = stdout(&output);
     assert_eq!(output.status.code(), Some(2), "{text}");
-    assert!(text.contains("LSN 21 holds index 7 where the mapping puts index 20"), "{text}");
+    assert!(
+        text.contains("LSN 21 holds index 7 where the mapping puts index 20"),
+        "{text}"
+    );
     let _ = std::fs::remove_dir_all(&root);
 }

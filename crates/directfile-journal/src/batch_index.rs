@@ -98,15 +98,30 @@ mod tests {
         let seek = |from, until| index.seek(7, from, until);
         assert_eq!(
             seek(6, 6),
-            Some(Seek { offset: 8192, first_lsn: 5, end_offset: Some(16384), last_offset: 20480 })
+            Some(Seek {
+                offset: 8192,
+                first_lsn: 5,
+                end_offset: Some(16384),
+                last_offset: 20480
+            })
         );
         assert_eq!(
             seek(1, 9),
-            Some(Seek { offset: 4096, first_lsn: 1, end_offset: Some(20480), last_offset: 20480 })
+            Some(Seek {
+                offset: 4096,
+                first_lsn: 1,
+                end_offset: Some(20480),
+                last_offset: 20480
+            })
         );
         assert_eq!(
             seek(25, u64::MAX),
-            Some(Seek { offset: 20480, first_lsn: 20, end_offset: None, last_offset: 20480 })
+            Some(Seek {
+                offset: 20480,
+                first_lsn: 20,
+                end_offset: None,
+                last_offset: 20480
+            })
         );
         assert_eq!(index.seek(8, 1, 1), None);
         index.remove(7);

@@ -1825,9 +1825,10 @@ impl<S: Storage> Reader<'_, S> {
                         self.expect_lsn = seek.first_lsn;
                         // Past the last known batch nothing of the range is left: it ends
                         // within one batch of that batch's start.
-                        self.seek_end = Some(seek.end_offset.unwrap_or(
-                            seek.last_offset + u64::from(header.batch_bytes_max),
-                        ));
+                        self.seek_end = Some(
+                            seek.end_offset
+                                .unwrap_or(seek.last_offset + u64::from(header.batch_bytes_max)),
+                        );
                     }
                     None => {
                         self.cursor = u64::from(header.block_bytes);
@@ -1858,7 +1859,8 @@ impl<S: Storage> Reader<'_, S> {
                 // A chunk holds at least two batches of the segment, or exactly the rest of the
                 // range.
                 let default = READ_CHUNK_BYTES.max(2 * header.batch_bytes_max as usize);
-                let bytes = range_end.map_or(default, |end| ((end - self.cursor) as usize).min(default));
+                let bytes =
+                    range_end.map_or(default, |end| ((end - self.cursor) as usize).min(default));
                 self.fill_chunk(&segment, self.cursor, bytes).await?;
             }
             let chunk = self.chunk.as_ref().expect("chunk").as_slice();

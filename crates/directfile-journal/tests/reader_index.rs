@@ -3,8 +3,8 @@
 //! and the index stays right across reopen (filled from the recovery scan), explicit
 //! truncation and removal of old segments.
 
-use directfile_journal::storage::CrashRng;
 use directfile_journal::format::{BATCH_HEADER_BYTES, RECORD_HEADER_BYTES};
+use directfile_journal::storage::CrashRng;
 use directfile_journal::{Journal, JournalOptions, Lsn, MemStorage};
 
 fn options() -> JournalOptions {
@@ -89,7 +89,11 @@ fn a_range_costs_what_the_range_costs() {
         let mut rng = CrashRng::new(7);
         let batches = append_many(&journal, 4_000, 0, &mut rng).await;
         let last = journal.next_lsn().0 - 1;
-        assert!(journal.segment_numbers().len() >= 5, "{:?}", journal.segment_numbers());
+        assert!(
+            journal.segment_numbers().len() >= 5,
+            "{:?}",
+            journal.segment_numbers()
+        );
         // One record deep in a segment: the header block and its batch, exactly.
         let bound_one = 4096 + 16 * 1024;
         for _ in 0..200 {
@@ -97,7 +101,10 @@ fn a_range_costs_what_the_range_costs() {
             let read = check_range(&journal, &storage, lsn, lsn + 1, |_| 0).await;
             // (A record in a segment's last batch may read up to a batch's size past it.)
             let bound = range_bytes(&batches, lsn, lsn + 1, 1) + 16 * 1024;
-            assert!(read <= bound, "reading LSN {lsn} read {read} bytes (bound {bound})");
+            assert!(
+                read <= bound,
+                "reading LSN {lsn} read {read} bytes (bound {bound})"
+            );
         }
         // Ranges: their batches and a header block per segment crossed (a 256 KiB segment
         // holds a few hundred records: at most 3 segments for 300).
@@ -106,7 +113,10 @@ fn a_range_costs_what_the_range_costs() {
             let to = (from + 1 + rng.below(300)).min(last + 1);
             let read = check_range(&journal, &storage, from, to, |_| 0).await;
             let bound = range_bytes(&batches, from, to, 3) + 16 * 1024;
-            assert!(read <= bound, "reading {from}..{to} read {read} bytes (bound {bound})");
+            assert!(
+                read <= bound,
+                "reading {from}..{to} read {read} bytes (bound {bound})"
+            );
         }
         // The whole journal, as `reader` does.
         check_range(&journal, &storage, 1, last + 1, |_| 0).await;
@@ -120,7 +130,10 @@ fn a_range_costs_what_the_range_costs() {
         for _ in 0..100 {
             let lsn = 1 + rng.below(last);
             let read = check_range(&journal, &storage, lsn, lsn + 1, |_| 0).await;
-            assert!(read <= bound_one, "after reopen, LSN {lsn} read {read} bytes");
+            assert!(
+                read <= bound_one,
+                "after reopen, LSN {lsn} read {read} bytes"
+            );
         }
 
         // Truncate in the middle, write other records over the same LSNs, read across.
@@ -143,7 +156,10 @@ fn a_range_costs_what_the_range_costs() {
         for _ in 0..100 {
             let lsn = 1 + rng.below(new_last);
             let read = check_range(&journal, &storage, lsn, lsn + 1, salt).await;
-            assert!(read <= bound_one, "after truncation, LSN {lsn} read {read} bytes");
+            assert!(
+                read <= bound_one,
+                "after truncation, LSN {lsn} read {read} bytes"
+            );
         }
 
         // Old segments go: reads from what is left still seek.
@@ -156,7 +172,10 @@ fn a_range_costs_what_the_range_costs() {
         for _ in 0..100 {
             let lsn = first_kept + rng.below(new_last - first_kept + 1);
             let read = check_range(&journal, &storage, lsn, lsn + 1, salt).await;
-            assert!(read <= bound_one, "after truncate_before, LSN {lsn} read {read} bytes");
+            assert!(
+                read <= bound_one,
+                "after truncate_before, LSN {lsn} read {read} bytes"
+            );
         }
     });
 }

@@ -21,7 +21,16 @@ async fn start_all(dir: &std::path::Path, router: &Router<KvConfig>) -> Result<V
     let mut nodes = Vec::new();
     for id in 1..=3u64 {
         let node_dir = dir.join(format!("node-{id}"));
-        nodes.push(KvNode::start(id, &node_dir, router, local_config(), JournalOptions::default()).await?);
+        nodes.push(
+            KvNode::start(
+                id,
+                &node_dir,
+                router,
+                local_config(),
+                JournalOptions::default(),
+            )
+            .await?,
+        );
     }
     Ok(nodes)
 }
@@ -31,7 +40,9 @@ async fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let dir = PathBuf::from(args.next().unwrap_or_else(|| "kv-example".into()));
     let writes: u64 = match args.next() {
-        Some(n) => n.parse().map_err(|e| format!("WRITES must be a number: {e}"))?,
+        Some(n) => n
+            .parse()
+            .map_err(|e| format!("WRITES must be a number: {e}"))?,
         None => 10_000,
     };
     let router = Router::<KvConfig>::new();
@@ -40,7 +51,14 @@ async fn main() -> Result<()> {
     let refs: Vec<&KvNode> = nodes.iter().collect();
     let leader_id = wait_for_leader(&refs, Duration::from_secs(10)).await?;
     println!("leader: node {leader_id}");
-    let leader = Arc::new(nodes.iter().find(|n| n.id == leader_id).expect("leader").raft.clone());
+    let leader = Arc::new(
+        nodes
+            .iter()
+            .find(|n| n.id == leader_id)
+            .expect("leader")
+            .raft
+            .clone(),
+    );
 
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -49,8 +67,14 @@ async fn main() -> Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut i = writer;
             while i < writes {
-                let request = KvRequest::Set { key: format!("key-{i}"), value: format!("value-{i}") };
-                leader.client_write(request).await.map_err(|e| e.to_string())?;
+                let request = KvRequest::Set {
+                    key: format!("key-{i}"),
+                    value: format!("value-{i}"),
+                };
+                leader
+                    .client_write(request)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 i += 64;
             }
             Ok::<(), String>(())
@@ -74,16 +98,32 @@ async fn main() -> Result<()> {
     let nodes = start_all(&dir, &router).await?;
     let refs: Vec<&KvNode> = nodes.iter().collect();
     let leader_id = wait_for_leader(&refs, Duration::from_secs(20)).await?;
-    let leader = &nodes.iter().find(|n| n.id == leader_id).expect("leader").raft;
+    let leader = &nodes
+        .iter()
+        .find(|n| n.id == leader_id)
+        .expect("leader")
+        .raft;
     // A write in the new term commits every entry before it.
-    leader.client_write(KvRequest::Set { key: "restarted".into(), value: "yes".into() }).await?;
+    leader
+        .client_write(KvRequest::Set {
+            key: "restarted".into(),
+            value: "yes".into(),
+        })
+        .await?;
     let last = leader.metrics().borrow().last_log_index;
     for node in &nodes {
-        node.raft.wait(Some(Duration::from_secs(30))).applied_index_at_least(last, "catch up").await?;
+        node.raft
+            .wait(Some(Duration::from_secs(30)))
+            .applied_index_at_least(last, "catch up")
+            .await?;
         let missing = (0..writes)
             .filter(|i| node.state_machine.get(&format!("key-{i}")) != Some(format!("value-{i}")))
             .count();
-        println!("node {}: {} keys, {missing} of the {writes} writes missing", node.id, node.state_machine.len());
+        println!(
+            "node {}: {} keys, {missing} of the {writes} writes missing",
+            node.id,
+            node.state_machine.len()
+        );
         if missing > 0 {
             return Err(format!("node {} lost {missing} committed writes", node.id).into());
         }

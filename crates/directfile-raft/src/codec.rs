@@ -113,7 +113,10 @@ impl<'a> Cursor<'a> {
                 return Ok(value);
             }
         }
-        error(format!("{what}: varint longer than 64 bits at byte {}", self.at))
+        error(format!(
+            "{what}: varint longer than 64 bits at byte {}",
+            self.at
+        ))
     }
 
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8], CodecError> {
@@ -336,9 +339,9 @@ pub fn encode_meta<C: RaftTypeConfig>(meta: &Meta<C>) -> Result<Vec<u8>, CodecEr
     out.push(META_FORMAT_VERSION);
     put_varint(&mut out, meta.map.lsn_base);
     put_varint(&mut out, meta.map.index_base);
-    let flags = u8::from(meta.vote.is_some()) * FLAG_VOTE
-        | u8::from(meta.committed.is_some()) * FLAG_COMMITTED
-        | u8::from(meta.last_purged.is_some()) * FLAG_PURGED;
+    let flags = (u8::from(meta.vote.is_some()) * FLAG_VOTE)
+        | (u8::from(meta.committed.is_some()) * FLAG_COMMITTED)
+        | (u8::from(meta.last_purged.is_some()) * FLAG_PURGED);
     out.push(flags);
     if let Some(vote) = &meta.vote {
         put_postcard(&mut out, vote)?;
@@ -423,7 +426,10 @@ pub fn decode_meta<C: RaftTypeConfig>(blob: &[u8]) -> Result<Meta<C>, CodecError
     let raw = decode_meta_raw(blob)?;
     Ok(Meta {
         map: raw.map,
-        vote: raw.vote.map(|b| postcard_from(b, "meta vote")).transpose()?,
+        vote: raw
+            .vote
+            .map(|b| postcard_from(b, "meta vote"))
+            .transpose()?,
         committed: raw
             .committed
             .map(|b| postcard_from(b, "meta committed"))
@@ -480,9 +486,15 @@ mod tests {
         encode_entry(&entry, &mut bytes).unwrap();
         let back: Entry<KvConfig> = decode_entry(&bytes).unwrap();
         assert_eq!(back.log_id, entry.log_id);
-        assert_eq!(format!("{:?}", back.payload), format!("{:?}", entry.payload));
+        assert_eq!(
+            format!("{:?}", back.payload),
+            format!("{:?}", entry.payload)
+        );
         let header = decode_entry_header(&bytes).unwrap();
-        assert_eq!((header.term, header.index), (entry.log_id.leader_id.term, entry.log_id.index));
+        assert_eq!(
+            (header.term, header.index),
+            (entry.log_id.leader_id.term, entry.log_id.index)
+        );
         // Every strict prefix is refused or decodes to something else, never panics.
         for cut in 0..bytes.len() {
             if let Ok(short) = decode_entry::<KvConfig>(&bytes[..cut]) {
@@ -514,10 +526,7 @@ mod tests {
         nodes.insert(2, openraft::BasicNode::new("b"));
         round_trip(Entry {
             log_id: log_id(7, 2, 0),
-            payload: EntryPayload::Membership(Membership::new(
-                vec![BTreeSet::from([1, 2])],
-                nodes,
-            )),
+            payload: EntryPayload::Membership(Membership::new(vec![BTreeSet::from([1, 2])], nodes)),
         });
     }
 
@@ -535,10 +544,12 @@ mod tests {
             .unwrap_err()
             .0
             .contains("leader id"));
-        assert!(decode_entry_header(&[1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])
-            .unwrap_err()
-            .0
-            .contains("64 bits"));
+        assert!(decode_entry_header(&[
+            1, 0, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01
+        ])
+        .unwrap_err()
+        .0
+        .contains("64 bits"));
     }
 
     #[test]
@@ -556,15 +567,27 @@ mod tests {
         assert!(is_raft_meta(&blob));
         assert_eq!(decode_meta::<KvConfig>(&blob).unwrap(), meta);
         let raw = decode_meta_raw(&blob).unwrap();
-        assert_eq!(describe_vote(raw.vote.unwrap()), meta.vote.unwrap().to_string());
+        assert_eq!(
+            describe_vote(raw.vote.unwrap()),
+            meta.vote.unwrap().to_string()
+        );
         assert_eq!(describe_log_id(raw.committed.unwrap()), "T4-N2-1500");
         assert_eq!(decode_meta::<KvConfig>(&[]).unwrap(), Meta::default());
-        assert!(decode_meta::<KvConfig>(b"other").unwrap_err().0.contains("not a raft log"));
+        assert!(decode_meta::<KvConfig>(b"other")
+            .unwrap_err()
+            .0
+            .contains("not a raft log"));
         for cut in META_MAGIC.len()..blob.len() {
-            assert!(decode_meta::<KvConfig>(&blob[..cut]).is_err(), "cut at {cut}");
+            assert!(
+                decode_meta::<KvConfig>(&blob[..cut]).is_err(),
+                "cut at {cut}"
+            );
         }
         let empty = Meta::<KvConfig>::default();
-        assert_eq!(decode_meta::<KvConfig>(&encode_meta(&empty).unwrap()).unwrap(), empty);
+        assert_eq!(
+            decode_meta::<KvConfig>(&encode_meta(&empty).unwrap()).unwrap(),
+            empty
+        );
     }
 
     #[test]

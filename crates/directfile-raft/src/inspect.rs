@@ -144,7 +144,11 @@ impl fmt::Display for RaftReport {
     /// The summary, every entry, and the problems.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.summary())?;
-        writeln!(f, "  {:>10} {:>10} {:>6} {:<12} {:<10} {:>8}", "LSN", "index", "term", "leader", "kind", "bytes")?;
+        writeln!(
+            f,
+            "  {:>10} {:>10} {:>6} {:<12} {:<10} {:>8}",
+            "LSN", "index", "term", "leader", "kind", "bytes"
+        )?;
         for e in &self.entries {
             writeln!(
                 f,

@@ -171,7 +171,9 @@ impl RaftStateMachine<KvConfig> for KvStateMachine {
         self.clone()
     }
 
-    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
+    async fn begin_receiving_snapshot(
+        &mut self,
+    ) -> Result<Box<Cursor<Vec<u8>>>, StorageError<u64>> {
         Ok(Box::new(Cursor::new(Vec::new())))
     }
 
@@ -189,7 +191,9 @@ impl RaftStateMachine<KvConfig> for KvStateMachine {
         Ok(())
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<KvConfig>>, StorageError<u64>> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<Snapshot<KvConfig>>, StorageError<u64>> {
         let inner = self.lock();
         Ok(inner.snapshot.as_ref().map(|(meta, bytes)| Snapshot {
             meta: meta.clone(),

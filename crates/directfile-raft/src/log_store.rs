@@ -143,7 +143,9 @@ enum BarrierOp<C: RaftTypeConfig> {
     SaveVote(Vote<C::NodeId>),
     /// A new index mapping for an empty log.
     SetMap(IndexMap),
-    Truncate { lsn: u64 },
+    Truncate {
+        lsn: u64,
+    },
     Purge {
         last_purged: LogId<C::NodeId>,
         map: IndexMap,
@@ -292,7 +294,9 @@ impl<C: RaftTypeConfig, S: Storage> LogStore<C, S> {
             last_purged: meta.last_purged.clone(),
             last_log_id: last_log_id.clone(),
             cache: VecDeque::new(),
-            cache_first: last_log_id.as_ref().map_or(meta.map.index_base, |l| l.index + 1),
+            cache_first: last_log_id
+                .as_ref()
+                .map_or(meta.map.index_base, |l| l.index + 1),
             durable_index: last_log_id.as_ref().map(|l| l.index),
             failed: None,
         };
@@ -351,6 +355,8 @@ impl<C: RaftTypeConfig, S: Storage> LogStore<C, S> {
         lock(&self.shared.state).map
     }
 
+    // openraft's error type, which every method of the trait returns too.
+    #[allow(clippy::result_large_err)]
     fn send(&self, command: Command<C>) -> Result<(), StorageError<C::NodeId>> {
         match lock(&self.shared.commands).as_ref() {
             Some(sender) => sender
@@ -375,13 +381,17 @@ impl<C: RaftTypeConfig, S: Storage> LogStore<C, S> {
     /// # Errors
     /// An entry whose index does not follow the last one, an entry larger than a journal
     /// batch, a payload serde refuses, or a store that an earlier write failure stopped.
+    #[allow(clippy::result_large_err)] // openraft's error type, as `RaftLogStorage::append`
     pub fn append_with<I>(&self, entries: I, done: Durable) -> Result<(), StorageError<C::NodeId>>
     where
         I: IntoIterator<Item = Entry<C>>,
     {
         let mut records = Vec::new();
         let mut log_ids = Vec::new();
-        let purged_up_to = lock(&self.shared.state).last_purged.as_ref().map(|p| p.index);
+        let purged_up_to = lock(&self.shared.state)
+            .last_purged
+            .as_ref()
+            .map(|p| p.index);
         for entry in entries {
             // An entry at or below the last purged one is already covered by the snapshot:
             // there is nothing to keep (openraft's suite appends such entries after
@@ -404,7 +414,9 @@ impl<C: RaftTypeConfig, S: Storage> LogStore<C, S> {
         }
         let mut state = lock(&self.shared.state);
         if let Some(why) = &state.failed {
-            return Err(write_error(format!("the raft log stopped after a failed write: {why}")));
+            return Err(write_error(format!(
+                "the raft log stopped after a failed write: {why}"
+            )));
         }
         // An empty log (nothing appended, nothing purged) may start at any index (openraft's
         // suite does): the mapping moves so that this index gets the journal's next LSN, and
@@ -427,14 +439,12 @@ impl<C: RaftTypeConfig, S: Storage> LogStore<C, S> {
                 })?;
             }
         }
-        let mut expected = state.next_index();
-        for log_id in &log_ids {
+        for (expected, log_id) in (state.next_index()..).zip(&log_ids) {
             if log_id.index != expected {
                 return Err(write_error(format!(
                     "append of entry {log_id} would leave a hole: the next index is {expected}"
                 )));
             }
-            expected += 1;
         }
         let first_lsn = state
             .map
@@ -466,12 +476,18 @@ impl<C: RaftTypeConfig, S: Storage> LogStore<C, S> {
                 return Ok(Vec::new());
             }
             let cache_end = state.cache_first + state.cache.len() as u64;
-            debug_assert_eq!(Some(cache_end), state.last_log_id.as_ref().map(|l| l.index + 1));
+            debug_assert_eq!(
+                Some(cache_end),
+                state.last_log_id.as_ref().map(|l| l.index + 1)
+            );
             let from_cache = low.max(state.cache_first);
             let cached: Vec<Arc<Vec<u8>>> = if from_cache < high {
                 state
                     .cache
-                    .range((from_cache - state.cache_first) as usize..(high - state.cache_first) as usize)
+                    .range(
+                        (from_cache - state.cache_first) as usize
+                            ..(high - state.cache_first) as usize,
+                    )
                     .cloned()
                     .collect()
             } else {
@@ -479,7 +495,9 @@ impl<C: RaftTypeConfig, S: Storage> LogStore<C, S> {
             };
             (low..high.min(state.cache_first), cached, state.map)
         };
-        let mut entries = Vec::with_capacity((journal_part.end.saturating_sub(journal_part.start)) as usize + cached.len());
+        let mut entries = Vec::with_capacity(
+            (journal_part.end.saturating_sub(journal_part.start)) as usize + cached.len(),
+        );
         if journal_part.start < journal_part.end {
             let lsn = map
                 .lsn(journal_part.start)
@@ -571,16 +589,25 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>, S: Storage> RaftLogStorage<C> for LogS
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
+    async fn read_committed(
+        &mut self,
+    ) -> Result<Option<LogId<C::NodeId>>, StorageError<C::NodeId>> {
         Ok(lock(&self.shared.state).committed.clone())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<C>) -> Result<(), StorageError<C::NodeId>>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<C>,
+    ) -> Result<(), StorageError<C::NodeId>>
     where
         I: IntoIterator<Item = C::Entry> + Send,
         I::IntoIter: Send,
     {
-        self.append_with(entries, Box::new(move |result| callback.log_io_completed(result)))
+        self.append_with(
+            entries,
+            Box::new(move |result| callback.log_io_completed(result)),
+        )
     }
 
     async fn truncate(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
@@ -632,7 +659,11 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>, S: Storage> RaftLogStorage<C> for LogS
     async fn purge(&mut self, log_id: LogId<C::NodeId>) -> Result<(), StorageError<C::NodeId>> {
         let op = {
             let mut state = lock(&self.shared.state);
-            if state.last_purged.as_ref().is_some_and(|p| p.index >= log_id.index) {
+            if state
+                .last_purged
+                .as_ref()
+                .is_some_and(|p| p.index >= log_id.index)
+            {
                 return Ok(());
             }
             let next = state.next_index();
@@ -696,6 +727,9 @@ struct Enqueuing {
 
 type Completion = (io::Result<()>, Option<Durable>, Option<u64>);
 
+/// Where the outcome of a barrier operation goes.
+type Reply = oneshot::Sender<io::Result<()>>;
+
 /// The flusher thread: puts appends into the journal in order (each is in a batch before the
 /// next starts), waits for them concurrently, fires the callbacks in order, and runs the
 /// operations that need every earlier append durable (vote, truncation, purge).
@@ -709,8 +743,8 @@ struct Flusher<C: RaftTypeConfig, S: Storage> {
     queued: VecDeque<Enqueuing>,
     enqueuing: Option<Enqueuing>,
     pending: FuturesOrdered<BoxFuture<Completion>>,
-    waiting: Option<(BarrierOp<C>, oneshot::Sender<io::Result<()>>)>,
-    barrier: Option<(BoxFuture<io::Result<()>>, oneshot::Sender<io::Result<()>>)>,
+    waiting: Option<(BarrierOp<C>, Reply)>,
+    barrier: Option<(BoxFuture<io::Result<()>>, Reply)>,
     meta_write: Option<BoxFuture<io::Result<()>>>,
     closed: bool,
     batch_payload_bytes_max: usize,
@@ -783,7 +817,9 @@ impl<C: RaftTypeConfig, S: Storage> Flusher<C, S> {
         loop {
             let mut progressed = false;
             // Completions, in order.
-            while let Poll::Ready(Some((result, done, last_index))) = self.pending.poll_next_unpin(cx) {
+            while let Poll::Ready(Some((result, done, last_index))) =
+                self.pending.poll_next_unpin(cx)
+            {
                 self.completed(&result, last_index);
                 if let Some(done) = done {
                     done(result);
@@ -794,9 +830,13 @@ impl<C: RaftTypeConfig, S: Storage> Flusher<C, S> {
             if let Some(mut enqueuing) = self.enqueuing.take() {
                 match enqueuing.future.as_mut().poll(cx) {
                     Poll::Ready(result) => {
-                        let completion: Completion =
-                            (result.map(|_| ()).map_err(journal_io), enqueuing.done, enqueuing.last_index);
-                        self.pending.push_back(Box::pin(futures::future::ready(completion)));
+                        let completion: Completion = (
+                            result.map(|_| ()).map_err(journal_io),
+                            enqueuing.done,
+                            enqueuing.last_index,
+                        );
+                        self.pending
+                            .push_back(Box::pin(futures::future::ready(completion)));
                         progressed = true;
                     }
                     Poll::Pending if self.journal.next_lsn().0 >= enqueuing.end_lsn => {
@@ -827,7 +867,9 @@ impl<C: RaftTypeConfig, S: Storage> Flusher<C, S> {
                 match future.as_mut().poll(cx) {
                     Poll::Ready(result) => {
                         if let Err(e) = &result {
-                            lock(&self.state).failed.get_or_insert_with(|| e.to_string());
+                            lock(&self.state)
+                                .failed
+                                .get_or_insert_with(|| e.to_string());
                         }
                         let _ = reply.send(result);
                         progressed = true;
@@ -840,7 +882,9 @@ impl<C: RaftTypeConfig, S: Storage> Flusher<C, S> {
                 match future.as_mut().poll(cx) {
                     Poll::Ready(result) => {
                         if let Err(e) = result {
-                            lock(&self.state).failed.get_or_insert_with(|| e.to_string());
+                            lock(&self.state)
+                                .failed
+                                .get_or_insert_with(|| e.to_string());
                         }
                         progressed = true;
                     }
@@ -913,7 +957,7 @@ impl<C: RaftTypeConfig, S: Storage> Flusher<C, S> {
         let state = lock(&self.state);
         let committed = state.committed.clone()?;
         if Some(&committed) == self.meta.committed.as_ref()
-            || !state.durable_index.is_some_and(|d| d >= committed.index)
+            || state.durable_index.is_none_or(|d| d < committed.index)
             || state.failed.is_some()
         {
             return None;
@@ -959,9 +1003,9 @@ impl<C: RaftTypeConfig, S: Storage> Flusher<C, S> {
                     journal.set_meta(&blob).await.map_err(journal_io)
                 })
             }
-            BarrierOp::Truncate { lsn } => Box::pin(async move {
-                journal.truncate_from(Lsn(lsn)).await.map_err(journal_io)
-            }),
+            BarrierOp::Truncate { lsn } => {
+                Box::pin(async move { journal.truncate_from(Lsn(lsn)).await.map_err(journal_io) })
+            }
             BarrierOp::Purge {
                 last_purged,
                 map,
@@ -973,7 +1017,9 @@ impl<C: RaftTypeConfig, S: Storage> Flusher<C, S> {
                 Box::pin(async move {
                     let blob = blob.map_err(|e| io_error(e.to_string()))?;
                     journal.set_meta(&blob).await.map_err(journal_io)?;
-                    journal.truncate_before(Lsn(before_lsn)).map_err(journal_io)?;
+                    journal
+                        .truncate_before(Lsn(before_lsn))
+                        .map_err(journal_io)?;
                     Ok(())
                 })
             }

@@ -76,8 +76,11 @@ fn check_all(node: &KvNode, writes: u64) {
     }
 }
 
-fn leader_of<'a>(nodes: &'a [KvNode], id: u64) -> &'a KvNode {
-    nodes.iter().find(|n| n.id == id).expect("leader among the nodes")
+fn leader_of(nodes: &[KvNode], id: u64) -> &KvNode {
+    nodes
+        .iter()
+        .find(|n| n.id == id)
+        .expect("leader among the nodes")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -96,50 +99,87 @@ async fn three_nodes_keep_every_committed_write_across_restarts() {
     }
     initialize(&nodes[0], &members).await.expect("initialize");
     let refs: Vec<&KvNode> = nodes.iter().collect();
-    let leader = wait_for_leader(&refs, Duration::from_secs(10)).await.expect("a leader");
+    let leader = wait_for_leader(&refs, Duration::from_secs(10))
+        .await
+        .expect("a leader");
 
     let committed = write_range(&leader_of(&nodes, leader).raft, 0, WRITES).await;
     assert_eq!(committed, WRITES);
-    let last = leader_of(&nodes, leader).raft.metrics().borrow().last_log_index.expect("log");
+    let last = leader_of(&nodes, leader)
+        .raft
+        .metrics()
+        .borrow()
+        .last_log_index
+        .expect("log");
     for node in &nodes {
         wait_applied(node, last).await;
         check_all(node, WRITES);
     }
 
     // Drop a follower, write more with two nodes, then drop the leader too.
-    let follower_index = nodes.iter().position(|n| n.id != leader).expect("a follower");
+    let follower_index = nodes
+        .iter()
+        .position(|n| n.id != leader)
+        .expect("a follower");
     let follower = nodes.remove(follower_index);
     let follower_id = follower.id;
     follower.stop(&router).await.expect("stop the follower");
     let more = WRITES + 1_000;
     let committed = write_range(&leader_of(&nodes, leader).raft, WRITES, more).await;
     assert_eq!(committed, 1_000);
-    let leader_index = nodes.iter().position(|n| n.id == leader).expect("the leader");
+    let leader_index = nodes
+        .iter()
+        .position(|n| n.id == leader)
+        .expect("the leader");
     let old_leader = nodes.remove(leader_index);
     old_leader.stop(&router).await.expect("stop the leader");
 
     // Restart both from their directories: the survivor and the follower elect a leader.
     let dir_of = |id: u64| dirs[(id - 1) as usize].path().to_path_buf();
     nodes.push(
-        KvNode::start(follower_id, &dir_of(follower_id), &router, Arc::clone(&config), options())
-            .await
-            .expect("restart the follower"),
+        KvNode::start(
+            follower_id,
+            &dir_of(follower_id),
+            &router,
+            Arc::clone(&config),
+            options(),
+        )
+        .await
+        .expect("restart the follower"),
     );
     nodes.push(
-        KvNode::start(leader, &dir_of(leader), &router, Arc::clone(&config), options())
-            .await
-            .expect("restart the leader"),
+        KvNode::start(
+            leader,
+            &dir_of(leader),
+            &router,
+            Arc::clone(&config),
+            options(),
+        )
+        .await
+        .expect("restart the leader"),
     );
     let refs: Vec<&KvNode> = nodes.iter().collect();
-    let new_leader = wait_for_leader(&refs, Duration::from_secs(20)).await.expect("a new leader");
+    let new_leader = wait_for_leader(&refs, Duration::from_secs(20))
+        .await
+        .expect("a new leader");
     // One more write commits in the new term and so commits everything before it.
     let committed = write_range(&leader_of(&nodes, new_leader).raft, more, more + WRITERS).await;
     assert_eq!(committed, WRITERS);
-    let last = leader_of(&nodes, new_leader).raft.metrics().borrow().last_log_index.expect("log");
+    let last = leader_of(&nodes, new_leader)
+        .raft
+        .metrics()
+        .borrow()
+        .last_log_index
+        .expect("log");
     for node in &nodes {
         wait_applied(node, last).await;
         check_all(node, more + WRITERS);
-        assert_eq!(node.state_machine.len() as u64, more + WRITERS, "node {}", node.id);
+        assert_eq!(
+            node.state_machine.len() as u64,
+            more + WRITERS,
+            "node {}",
+            node.id
+        );
     }
     for node in nodes {
         node.stop(&router).await.expect("stop");

@@ -107,12 +107,19 @@ async fn recover(
         expected_index = first.log_id.index;
     }
     for e in &entries {
-        assert_eq!(e.log_id.index, expected_index, "cut {cut}: a hole before {}", e.log_id);
+        assert_eq!(
+            e.log_id.index, expected_index,
+            "cut {cut}: a hole before {}",
+            e.log_id
+        );
         expected_index += 1;
     }
     assert_eq!(
         state.last_log_id,
-        entries.last().map(|e| e.log_id).or(state.last_purged_log_id),
+        entries
+            .last()
+            .map(|e| e.log_id)
+            .or(state.last_purged_log_id),
         "cut {cut}: log state"
     );
     let by_index: BTreeMap<u64, &Entry<KvConfig>> =
@@ -125,11 +132,18 @@ async fn recover(
         let found = by_index
             .get(&index)
             .unwrap_or_else(|| panic!("cut {cut}: durable entry {index} (term {term}) is gone; recovered {:?}..{:?}, report {:?}", entries.first().map(|e| e.log_id), entries.last().map(|e| e.log_id), report.journal));
-        assert_eq!(found.log_id.leader_id.term, term, "cut {cut}: entry {index}");
+        assert_eq!(
+            found.log_id.leader_id.term, term,
+            "cut {cut}: entry {index}"
+        );
         match &found.payload {
             EntryPayload::Normal(KvRequest::SetBytes { key, value }) => {
                 assert_eq!(*key, index, "cut {cut}");
-                assert_eq!(*value, payload(index, term, salt), "cut {cut}: payload of {index}");
+                assert_eq!(
+                    *value,
+                    payload(index, term, salt),
+                    "cut {cut}: payload of {index}"
+                );
             }
             other => panic!("cut {cut}: entry {index} has payload {other:?}"),
         }
@@ -146,7 +160,9 @@ async fn recover(
     );
     if let Some(committed) = store.read_committed().await.expect("committed") {
         assert!(
-            state.last_log_id.is_some_and(|l| l.index >= committed.index),
+            state
+                .last_log_id
+                .is_some_and(|l| l.index >= committed.index),
             "cut {cut}: committed {committed} is past the log's end {:?}",
             state.last_log_id
         );
@@ -166,7 +182,9 @@ async fn every_durable_entry_and_the_vote_survive_power_cuts() {
         .unwrap_or(13);
     let mut rng = CrashRng::new(seed);
     let mut storage = delayed(MemStorage::new());
-    let (mut store, _) = Store::open_with_storage(storage.clone(), options()).await.expect("open");
+    let (mut store, _) = Store::open_with_storage(storage.clone(), options())
+        .await
+        .expect("open");
     let mut model = Model::default();
     let mut previous_vote = None;
     let mut term = 1;
@@ -184,7 +202,8 @@ async fn every_durable_entry_and_the_vote_survive_power_cuts() {
                 0..=79 => {
                     let count = 1 + rng.below(12);
                     salt += 1;
-                    let batch: Vec<_> = (next..next + count).map(|i| entry(i, term, salt)).collect();
+                    let batch: Vec<_> =
+                        (next..next + count).map(|i| entry(i, term, salt)).collect();
                     let epoch = {
                         let mut m = model_shared.lock().unwrap();
                         for i in next..next + count {
@@ -223,7 +242,8 @@ async fn every_durable_entry_and_the_vote_survive_power_cuts() {
                     if span > 0 {
                         let at = next - 1 - rng.below(span.min(20));
                         let term_at = model_shared.lock().unwrap().appended.get(&at).map(|a| a.0);
-                        let log_id = LogId::new(CommittedLeaderId::new(term_at.unwrap_or(term), 1), at);
+                        let log_id =
+                            LogId::new(CommittedLeaderId::new(term_at.unwrap_or(term), 1), at);
                         store.truncate(log_id).await.expect("truncate");
                         let mut m = model_shared.lock().unwrap();
                         m.epoch += 1;
@@ -236,7 +256,12 @@ async fn every_durable_entry_and_the_vote_survive_power_cuts() {
                     let first = state.last_purged_log_id.map_or(0, |p| p.index + 1);
                     if next > first + 2 {
                         let upto = first + rng.below(next - first - 1);
-                        let term_at = model_shared.lock().unwrap().appended.get(&upto).map_or(term, |a| a.0);
+                        let term_at = model_shared
+                            .lock()
+                            .unwrap()
+                            .appended
+                            .get(&upto)
+                            .map_or(term, |a| a.0);
                         store
                             .purge(LogId::new(CommittedLeaderId::new(term_at, 1), upto))
                             .await
@@ -249,7 +274,12 @@ async fn every_durable_entry_and_the_vote_survive_power_cuts() {
                 _ => {
                     let durable = store.durable_index();
                     if let Some(d) = durable {
-                        let term_at = model_shared.lock().unwrap().appended.get(&d).map_or(term, |a| a.0);
+                        let term_at = model_shared
+                            .lock()
+                            .unwrap()
+                            .appended
+                            .get(&d)
+                            .map_or(term, |a| a.0);
                         store
                             .save_committed(Some(LogId::new(CommittedLeaderId::new(term_at, 1), d)))
                             .await

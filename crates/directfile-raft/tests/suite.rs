@@ -12,7 +12,9 @@ use openraft::{StorageError, StorageIOError};
 struct Builder;
 
 impl StoreBuilder<KvConfig, LogStore<KvConfig>, KvStateMachine, TestDir> for Builder {
-    async fn build(&self) -> Result<(TestDir, LogStore<KvConfig>, KvStateMachine), StorageError<u64>> {
+    async fn build(
+        &self,
+    ) -> Result<(TestDir, LogStore<KvConfig>, KvStateMachine), StorageError<u64>> {
         let dir = TestDir::new("suite");
         let (store, _report) = LogStore::open(dir.path(), small_options())
             .await
