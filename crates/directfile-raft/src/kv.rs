@@ -183,8 +183,11 @@ impl RaftStateMachine<KvConfig> for KvStateMachine {
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError<u64>> {
         let bytes = snapshot.into_inner();
-        let data: Data = postcard::from_bytes(&bytes)
+        let mut data: Data = postcard::from_bytes(&bytes)
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
+        // The snapshot's meta is what openraft checks against.
+        data.last_applied = meta.last_log_id;
+        data.last_membership = meta.last_membership.clone();
         let mut inner = self.lock();
         inner.data = data;
         inner.snapshot = Some((meta.clone(), bytes));

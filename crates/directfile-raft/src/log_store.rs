@@ -680,6 +680,8 @@ impl<C: RaftTypeConfig<Entry = Entry<C>>, S: Storage> RaftLogStorage<C> for LogS
                 state.cache.clear();
                 state.cache_first = log_id.index + 1;
                 state.last_log_id = None;
+                // Everything up to the purged id is in the snapshot: nothing below it waits.
+                state.durable_index = state.durable_index.max(Some(log_id.index));
             } else {
                 while state.cache_first <= log_id.index && !state.cache.is_empty() {
                     state.cache.pop_front();
