@@ -237,7 +237,12 @@ async fn every_durable_entry_and_the_vote_survive_power_cuts() {
                     votes += 1;
                 }
                 88..=93 if next > 0 => {
-                    let first = state.last_purged_log_id.map_or(0, |p| p.index + 1);
+                    // As in Raft, committed entries are never truncated.
+                    let committed = store.read_committed().await.expect("committed");
+                    let first = state
+                        .last_purged_log_id
+                        .map_or(0, |p| p.index + 1)
+                        .max(committed.map_or(0, |c| c.index + 1));
                     let span = next.saturating_sub(first);
                     if span > 0 {
                         let at = next - 1 - rng.below(span.min(20));
