@@ -1,17 +1,25 @@
 //! `journal`: `writers` concurrent writers, each appending `record_bytes`-byte records and
-//! waiting for every append to be durable before the next, on directfile-journal, okaywal
-//! and fsys's journal.
+//! waiting for every append to be durable before the next, on directfile-journal, okaywal,
+//! fsys's journal, and the two Raft log engines of issue 13: raft-engine (TiKV's) and
+//! RocksDB's WAL.
 //!
 //! directfile-journal is measured by its own `tools::bench` (its writers are tasks on one
 //! local executor per core, awaiting `Journal::append`). okaywal and fsys have blocking APIs,
 //! so their writers are OS threads, one per writer, as those crates are meant to be used:
 //! okaywal `begin_entry` + `write_chunk` + `commit` (commit returns once the entry is on
 //! disk; okaywal syncs concurrent commits together), fsys `append` + `sync_through(lsn)`
-//! (its leader/follower group commit). Commit latency is from the start of the append to its
-//! durability, in microseconds.
+//! (its leader/follower group commit). raft-engine: one `LogBatch` per append, `put` of the
+//! record under the next index in one region, `Engine::write(batch, sync = true)` (its write
+//! leader groups concurrent writers into one fdatasync); `put` rather than `add_entries`
+//! because `add_entries` takes protobuf messages, and both go through the same log file and
+//! group commit. RocksDB: `put_opt` of the record under the next index with
+//! `WriteOptions::set_sync(true)` (the WAL is fsynced before the put returns; concurrent
+//! writers share a write group), default options otherwise. Commit latency is from the start
+//! of the append to its durability, in microseconds.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Barrier, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,7 +38,15 @@ pub struct Config {
     pub dir: PathBuf,
 }
 
-const JOURNALS: [&str; 4] = ["directfile", "okaywal", "fsys", "fsys-direct"];
+const JOURNALS: [&str; 7] = [
+    "directfile",
+    "okaywal",
+    "fsys",
+    "fsys-direct",
+    "raft-engine",
+    "rocksdb",
+    "fio",
+];
 
 /// One journal's numbers, with the JSON field names of `directfile journal bench`.
 #[derive(Clone, Debug)]
@@ -270,9 +286,103 @@ fn bench_fsys(config: &Config, direct: bool) -> Result<Row, String> {
     row
 }
 
+/// fio's 4 KiB O_DSYNC sequential write at QD1 (psync, O_DIRECT) in the same directory: the
+/// device's floor for one durable write, the 1-writer target's baseline. Its "appends" are
+/// writes and its commit latency fio's completion latency.
+fn bench_fio(config: &Config) -> Result<Row, String> {
+    let scratch = Scratch::new(&config.dir, "fio")?;
+    let output = std::process::Command::new("fio")
+        .args([
+            "--name=directfile-peers",
+            &format!("--filename={}", scratch.0.join("fio.dat").display()),
+            "--size=64m",
+            "--rw=write",
+            "--bs=4k",
+            "--iodepth=1",
+            "--ioengine=psync",
+            "--direct=1",
+            "--sync=dsync",
+            &format!("--runtime={}ms", config.runtime.as_millis().max(1)),
+            "--time_based",
+            "--output-format=json",
+        ])
+        .output()
+        .map_err(|e| format!("fio: cannot run it ({e}); apt-get install fio"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "fio failed: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        ));
+    }
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout)
+        .map_err(|e| format!("fio: unreadable JSON output: {e}"))?;
+    let write = &json["jobs"][0]["write"];
+    let percentile = |p: &str| {
+        write["clat_ns"]["percentile"][p]
+            .as_f64()
+            .map(|ns| ns / 1000.0)
+            .ok_or_else(|| format!("fio: no {p} percentile in its output"))
+    };
+    let iops = write["iops"].as_f64().ok_or("fio: no iops in its output")?;
+    let runtime_s = write["runtime"].as_f64().unwrap_or(0.0) / 1000.0;
+    Ok(Row {
+        journal: "fio".to_string(),
+        writers: 1,
+        record_bytes: 4096,
+        appends: (iops * runtime_s) as u64,
+        appends_per_s: iops,
+        bytes_per_s: iops * 4096.0,
+        commit_us_p50: percentile("50.000000")?,
+        commit_us_p99: percentile("99.000000")?,
+        commit_us_p999: percentile("99.900000")?,
+        batches: None,
+        allocs_per_append: None,
+    })
+}
+
+fn bench_raft_engine(config: &Config) -> Result<Row, String> {
+    let scratch = Scratch::new(&config.dir, "raft-engine")?;
+    let engine_config = raft_engine::Config {
+        dir: scratch.0.to_string_lossy().into_owned(),
+        ..raft_engine::Config::default()
+    };
+    let engine =
+        raft_engine::Engine::open(engine_config).map_err(|e| format!("raft-engine: open: {e}"))?;
+    let next_index = AtomicU64::new(0);
+    measure_threads(config, "raft-engine", |record| {
+        let index = next_index.fetch_add(1, Ordering::Relaxed);
+        let mut batch = raft_engine::LogBatch::default();
+        batch
+            .put(1, index.to_be_bytes().to_vec(), record.to_vec())
+            .map_err(|e| e.to_string())?;
+        engine
+            .write(&mut batch, true)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn bench_rocksdb(config: &Config) -> Result<Row, String> {
+    let scratch = Scratch::new(&config.dir, "rocksdb")?;
+    let db = rocksdb::DB::open_default(&scratch.0).map_err(|e| format!("rocksdb: open: {e}"))?;
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    let next_index = AtomicU64::new(0);
+    measure_threads(config, "rocksdb", |record| {
+        let index = next_index.fetch_add(1, Ordering::Relaxed);
+        db.put_opt(index.to_be_bytes(), record, &sync)
+            .map_err(|e| e.to_string())
+    })
+}
+
 pub fn main(config: Config) -> Result<(), String> {
     let journals: Vec<&str> = if config.only.is_empty() {
-        JOURNALS.to_vec()
+        // fio is the 1-writer baseline (one durable 4 KiB write at a time).
+        JOURNALS
+            .iter()
+            .copied()
+            .filter(|&j| j != "fio" || config.writers == 1)
+            .collect()
     } else {
         let mut picked = Vec::new();
         for name in &config.only {
@@ -299,7 +409,10 @@ pub fn main(config: Config) -> Result<(), String> {
                 "directfile" => bench_directfile(&config),
                 "okaywal" => bench_okaywal(&config),
                 "fsys" => bench_fsys(&config, false),
-                _ => bench_fsys(&config, true),
+                "fsys-direct" => bench_fsys(&config, true),
+                "raft-engine" => bench_raft_engine(&config),
+                "rocksdb" => bench_rocksdb(&config),
+                _ => bench_fio(&config),
             };
             match outcome {
                 Ok(row) => {
@@ -360,6 +473,16 @@ pub fn main(config: Config) -> Result<(), String> {
                 ratio
             );
         }
+    }
+    let ours = rows.iter().find(|r| r.journal == "directfile");
+    let fio = rows.iter().find(|r| r.journal == "fio");
+    if let (Some(ours), Some(fio), false) = (ours, fio, config.json) {
+        println!(
+            "directfile commit p50 / fio O_DSYNC 4 KiB QD1 p50 = {:.0} / {:.0} = {:.2}",
+            ours.commit_us_p50,
+            fio.commit_us_p50,
+            ours.commit_us_p50 / fio.commit_us_p50
+        );
     }
     for (journal, reason) in &left_out {
         eprintln!("left out {journal}: {reason}");

@@ -3,13 +3,16 @@
 //! * `file`: 4 KiB random O_DIRECT (optionally O_DSYNC) writes at a queue depth, on
 //!   directfile (uring and threads), tokio-uring, glommio and compio.
 //! * `journal`: concurrent writers appending small records durably, on directfile-journal,
-//!   okaywal and fsys's journal.
+//!   okaywal, fsys's journal, raft-engine and RocksDB's WAL.
+//! * `raft`: three in-process openraft nodes under concurrent `client_write`s, on
+//!   directfile-raft, a RocksDB log store and a memory log store (the ceiling).
 //!
 //! This crate is a workspace member but not a default member: it stays out of the default
 //! build and test run. It has no tests. See README.md for the command and measured tables.
 
 mod file;
 mod journal;
+mod raft;
 mod util;
 
 use std::path::PathBuf;
@@ -21,7 +24,7 @@ use clap::{Parser, Subcommand};
 #[derive(Parser, Debug)]
 #[command(
     name = "directfile-peers",
-    about = "directfile side by side with tokio-uring, glommio, compio (file) and okaywal, fsys (journal)"
+    about = "directfile side by side with tokio-uring, glommio, compio (file), okaywal, fsys, raft-engine, RocksDB (journal) and openraft log stores (raft)"
 )]
 struct Cli {
     #[command(subcommand)]
@@ -72,7 +75,9 @@ enum Command {
         /// Rounds; journals alternate within each round, the table shows medians.
         #[arg(long, default_value_t = 3)]
         rounds: usize,
-        /// Only these journals (comma separated): directfile, okaywal, fsys.
+        /// Only these journals (comma separated): directfile, okaywal, fsys, fsys-direct,
+        /// raft-engine, rocksdb, fio (fio's 4 KiB O_DSYNC QD1 write; by default with
+        /// --writers 1 only).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
         /// One JSON object per journal per line, instead of the table.
@@ -82,6 +87,29 @@ enum Command {
         #[arg(default_value = ".")]
         dir: PathBuf,
     },
+    /// Three in-process openraft nodes, concurrent client writes, on each Raft log store.
+    Raft(RaftArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct RaftArgs {
+    /// Concurrent client_write calls to the leader.
+    #[arg(long, default_value_t = 64)]
+    writers: usize,
+    /// Bytes of each written value.
+    #[arg(long, default_value_t = 256)]
+    value_bytes: usize,
+    #[arg(long, default_value = "5s", value_parser = util::parse_duration)]
+    runtime: Duration,
+    /// Rounds; stores alternate within each round, the table shows medians.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Only these stores (comma separated): directfile-raft, rocksdb, memory.
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// Directory to work in (each cluster gets a fresh subdirectory, removed afterwards).
+    #[arg(default_value = ".")]
+    dir: PathBuf,
 }
 
 fn main() -> ExitCode {
@@ -125,6 +153,14 @@ fn main() -> ExitCode {
             only,
             json,
             dir,
+        }),
+        Command::Raft(args) => raft::main(raft::Config {
+            writers: args.writers.max(1),
+            value_bytes: args.value_bytes,
+            runtime: args.runtime,
+            rounds: args.rounds.max(1),
+            only: args.only,
+            dir: args.dir,
         }),
     };
     match outcome {
