@@ -24,6 +24,14 @@
 //! order. A failed write poisons the journal: that callback and every later one get the error,
 //! and the store refuses further appends.
 //!
+//! openraft 0.9's own core awaits that callback before it runs its next command
+//! (`RaftCore::append_to_log` in openraft 0.9.25 sends the entries, then waits for the
+//! flush), and it runs its commands after each API message: on the leader every
+//! `client_write` is one append and one durable write, whatever the store. So under 0.9 the
+//! store decides the cost of that one write (the journal's lone-writer path: one
+//! write-through write, no fsync of a growing file, no hand-off to a lane), and group commit
+//! across calls helps where appends overlap (followers, a core that pipelines its log I/O).
+//!
 //! # Raft index and journal LSN
 //!
 //! One entry is one journal record. openraft's indexes start at 0 and the journal's LSNs at 1;
