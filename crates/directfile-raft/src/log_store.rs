@@ -10,6 +10,7 @@ use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use directfile_journal::format::{BATCH_HEADER_BYTES, RECORD_HEADER_BYTES};
 use directfile_journal::{DirectFileStorage, Journal, JournalOptions, Lsn, Storage};
@@ -23,6 +24,9 @@ use crate::codec::{self, CodecError, IndexMap, Meta};
 /// Recent entries kept in memory after they are durable, for the leader's replication reads;
 /// entries not yet durable are always kept (a reader must see them as soon as `append` returns).
 const CACHE_ENTRIES_MAX: usize = 16_384;
+
+/// Least time between two background writes of the committed log id.
+const COMMITTED_WRITE_INTERVAL: Duration = Duration::from_millis(10);
 
 /// Errors of opening a raft log.
 #[derive(Debug)]
@@ -314,12 +318,13 @@ impl<C: RaftTypeConfig, S: Storage> LogStore<C, S> {
             waiting: None,
             barrier: None,
             meta_write: None,
+            committed_written_at: None,
             closed: false,
             batch_payload_bytes_max,
         };
         let thread = std::thread::Builder::new()
             .name("raft-log-flusher".into())
-            .spawn(move || futures::executor::block_on(flusher.run()))
+            .spawn(move || flusher.run())
             .map_err(Error::Thread)?;
         let store = LogStore {
             shared: Arc::new(Shared {
@@ -748,6 +753,8 @@ struct Flusher<C: RaftTypeConfig, S: Storage> {
     waiting: Option<(BarrierOp<C>, Reply)>,
     barrier: Option<(BoxFuture<io::Result<()>>, Reply)>,
     meta_write: Option<BoxFuture<io::Result<()>>>,
+    /// When the last background write of the committed id started.
+    committed_written_at: Option<Instant>,
     closed: bool,
     batch_payload_bytes_max: usize,
 }
@@ -757,8 +764,21 @@ fn journal_io(e: directfile_journal::Error) -> io::Error {
 }
 
 impl<C: RaftTypeConfig, S: Storage> Flusher<C, S> {
-    async fn run(mut self) {
-        futures::future::poll_fn(|cx| self.poll_run(cx)).await;
+    /// Runs on its own thread until the store is dropped and everything is written. Woken by
+    /// the futures it waits on, and every `COMMITTED_WRITE_INTERVAL` regardless, so that a
+    /// committed id held back by the interval is written without another event.
+    fn run(mut self) {
+        struct Unpark(std::thread::Thread);
+        impl std::task::Wake for Unpark {
+            fn wake(self: Arc<Self>) {
+                self.0.unpark();
+            }
+        }
+        let waker = std::task::Waker::from(Arc::new(Unpark(std::thread::current())));
+        let mut cx = Context::from_waker(&waker);
+        while self.poll_run(&mut cx).is_pending() {
+            std::thread::park_timeout(COMMITTED_WRITE_INTERVAL);
+        }
     }
 
     fn queue_append(
@@ -930,6 +950,7 @@ impl<C: RaftTypeConfig, S: Storage> Flusher<C, S> {
                     let blob = codec::encode_meta(&meta);
                     let journal = Arc::clone(&self.journal);
                     self.meta = meta;
+                    self.committed_written_at = Some(Instant::now());
                     let future: BoxFuture<io::Result<()>> = Box::pin(async move {
                         let blob = blob.map_err(|e| io_error(e.to_string()))?;
                         journal.set_meta(&blob).await.map_err(journal_io)
@@ -956,6 +977,15 @@ impl<C: RaftTypeConfig, S: Storage> Flusher<C, S> {
 
     /// A newer committed log id that may be written now: every entry up to it is durable here.
     fn committed_to_write(&self) -> Option<Meta<C>> {
+        // At most one committed write per interval: each is a durable write of the HEAD, and
+        // openraft 0.9 commits entry by entry. The last one is written when the store closes.
+        if !self.closed
+            && self
+                .committed_written_at
+                .is_some_and(|at| at.elapsed() < COMMITTED_WRITE_INTERVAL)
+        {
+            return None;
+        }
         let state = lock(&self.state);
         let committed = state.committed.clone()?;
         if Some(&committed) == self.meta.committed.as_ref()
