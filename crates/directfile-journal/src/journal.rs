@@ -68,6 +68,9 @@ pub struct JournalOptions {
     /// batches under load cost less CPU per record (each write is a submission and a wake-up),
     /// while a lone writer never waits. 1 starts every batch as soon as a lane is free.
     pub overlap_records_min: usize,
+    /// What open does with a torn tail: truncate it and report it
+    /// ([`RecoveryMode::TolerateTornTail`], the default) or refuse to open
+    /// ([`RecoveryMode::Strict`]).
     pub recovery_mode: RecoveryMode,
     /// Alignment unit of batches; 0 means the larger of 4096 and the storage's alignment.
     pub block_bytes: usize,
@@ -89,9 +92,15 @@ impl Default for JournalOptions {
 /// Counters of the journal since open.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JournalStats {
+    /// Batches whose write completed successfully (each one write-through write).
     pub batches_written: u64,
+    /// Records in those batches.
     pub records_written: u64,
+    /// Bytes of those batches on the device: batch headers, record headers, payloads and the
+    /// zero padding to the block size (segment headers and HEAD writes are not counted).
     pub bytes_written: u64,
+    /// Segments this journal started writing: the one begun at open, then one per rotation and
+    /// per truncation (`truncate_from` starts a new segment).
     pub segments_created: u64,
 }
 
@@ -1680,7 +1689,9 @@ impl<S: Storage> Future for WaitDurable<'_, S> {
 /// One record read back.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Record<'a> {
+    /// The record's log sequence number.
     pub lsn: Lsn,
+    /// The bytes that were appended, borrowed from the reader's buffer until its next call.
     pub payload: &'a [u8],
 }
 

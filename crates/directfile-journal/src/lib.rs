@@ -7,7 +7,7 @@
 //! and [`recovery`] for how a torn tail is told from corruption.
 //!
 //! The journal is generic over its [`Storage`]: [`MemStorage`] (tests, fault injection),
-//! [`StdStorage`] (`std::fs`, `O_DIRECT | O_DSYNC`) and [`DirectFileStorage` (`directfile`).
+//! [`StdStorage`] (`std::fs`, `O_DIRECT | O_DSYNC`) and [`DirectFileStorage`] (`directfile`).
 //!
 //! ```
 //! use directfile_journal::{Journal, JournalOptions, Lsn, MemStorage};
@@ -33,6 +33,7 @@
 //!
 //! On real files, `Journal::open(dir, JournalOptions::default())` uses [`DirectFileStorage`].
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 use std::fmt;
 use std::io;
@@ -73,7 +74,13 @@ pub enum Error {
     /// Another opener holds the journal directory.
     Locked(String),
     /// A record (or `append_batch` group) does not fit in one batch.
-    RecordTooLarge { bytes: usize, max_bytes: usize },
+    RecordTooLarge {
+        /// Bytes the record (or group) needs in a batch: its payloads, its record headers and
+        /// the batch header.
+        bytes: usize,
+        /// The largest batch, [`JournalOptions::batch_bytes_max`].
+        max_bytes: usize,
+    },
     /// Recovery found damage a crash cannot explain.
     Corruption(Corruption),
     /// Recovery in [`RecoveryMode::Strict`] found a torn tail.

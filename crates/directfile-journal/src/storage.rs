@@ -196,8 +196,11 @@ impl IoBuffer for HeapBuf {
 /// One write as the [`MemStorage`] log records it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteRecord {
+    /// The segment written: its number, or [`HEAD_NUMBER`] for the HEAD file.
     pub segment_number: u64,
+    /// Byte offset of the write in the file.
     pub offset: u64,
+    /// Length of the write in bytes (a multiple of the block size).
     pub bytes: usize,
 }
 
@@ -237,10 +240,12 @@ pub enum SectorFate {
 pub struct CrashRng(u64);
 
 impl CrashRng {
+    /// A generator that replays the same numbers for the same `seed` (any value, 0 included).
     pub fn new(seed: u64) -> CrashRng {
         CrashRng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
     }
 
+    /// The next pseudo-random number of the sequence.
     pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;

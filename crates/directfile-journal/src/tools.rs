@@ -64,14 +64,18 @@ fn write_head(f: &mut fmt::Formatter<'_>, head: &HeadState) -> fmt::Result {
 /// Everything in a journal directory: the HEAD, segments, batches, records.
 #[derive(Debug, Clone)]
 pub struct DumpReport {
+    /// The journal directory that was read.
     pub dir: PathBuf,
+    /// What its HEAD file holds (or that it is missing or unreadable).
     pub head: HeadState,
+    /// Every segment file, by ascending segment number.
     pub segments: Vec<SegmentDump>,
 }
 
 /// One segment of a [`DumpReport`].
 #[derive(Debug, Clone)]
 pub struct SegmentDump {
+    /// The segment's header, valid batches and end, as recovery scans them.
     pub scan: SegmentScan,
     /// For each batch of `scan.batches`, its records as (LSN, payload bytes).
     pub records: Vec<Vec<(u64, usize)>>,
@@ -183,8 +187,11 @@ impl fmt::Display for DumpReport {
 /// The verdict on a journal directory.
 #[derive(Debug, Clone)]
 pub struct VerifyReport {
+    /// The journal directory that was checked.
     pub dir: PathBuf,
+    /// What its HEAD file holds (or that it is missing or unreadable).
     pub head: HeadState,
+    /// The scan of every segment file, by ascending segment number.
     pub scans: Vec<SegmentScan>,
     /// What recovery would do, or the corruption that stops it.
     pub plan: Result<Plan, Corruption>,
@@ -201,11 +208,6 @@ impl VerifyReport {
     }
 }
 
-/// Checks every segment of the journal in `dir` (read-only, without locking it) the way
-/// recovery would.
-///
-/// # Errors
-/// If the directory or a segment cannot be read.
 /// What an open of the journal in `dir` would keep: its metadata (`Journal::meta`) and every
 /// record, in LSN order, passed to `visit(lsn, payload)` (without opening the journal, so a
 /// journal in use can be looked at). Records a torn tail, a truncation or a torn segment voids
@@ -252,6 +254,11 @@ pub fn kept_records(
     Ok(plan.head.map(|h| h.meta).unwrap_or_default())
 }
 
+/// Checks every segment of the journal in `dir` (read-only, without locking it) the way
+/// recovery would.
+///
+/// # Errors
+/// If the directory or a segment cannot be read.
 pub fn verify(dir: impl AsRef<Path>) -> io::Result<VerifyReport> {
     let dir = dir.as_ref();
     let scans: Vec<SegmentScan> = scan_dir(dir)?.into_iter().map(|(scan, _)| scan).collect();
@@ -355,13 +362,19 @@ impl BenchJournal {
 pub struct BenchConfig {
     /// A directory on the file system to measure; the bench works in a fresh subdirectory.
     pub dir: PathBuf,
+    /// Appenders running at once, each appending one record at a time and waiting for it to be
+    /// durable (tasks on up to one thread per core for the journal, a thread each for the
+    /// `std::fs` baselines).
     pub writers: usize,
+    /// Payload bytes of each record.
     pub record_bytes: usize,
+    /// How long the measurement lasts (after every writer is set up).
     pub runtime: Duration,
     /// Also run the two `std::fs` baselines.
     pub compare: bool,
     /// Total heap allocations of the process so far (the CLI's counting allocator), if known.
     pub allocs: Option<fn() -> u64>,
+    /// The options of the journal measured (the `std::fs` baselines have none).
     pub options: JournalOptions,
     /// The directfile driver for the journal's files (None: a journal driver of its own).
     pub driver: Option<directfile::Driver>,
@@ -390,17 +403,29 @@ impl BenchConfig {
 /// One journal's numbers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BenchResult {
+    /// The journal measured.
     pub journal: BenchJournal,
+    /// Appenders running at once ([`BenchConfig::writers`]).
     pub writers: usize,
+    /// Payload bytes of each record ([`BenchConfig::record_bytes`]).
     pub record_bytes: usize,
+    /// Appends acknowledged as durable during the measurement.
     pub appends: u64,
+    /// `appends` per second of measured time.
     pub appends_per_s: f64,
+    /// Payload bytes made durable per second (`appends_per_s × record_bytes`; headers and
+    /// padding not counted).
     pub bytes_per_s: f64,
+    /// Median commit latency in µs: from the call to append until it returned durable.
     pub commit_us_p50: f64,
+    /// 99th percentile of the commit latency, in µs.
     pub commit_us_p99: f64,
+    /// 99.9th percentile of the commit latency, in µs.
     pub commit_us_p999: f64,
     /// Durable writes (journal batches, or fdatasync calls for the baselines).
     pub batches: u64,
+    /// `appends / batches`: how many records one durable write carried on average (0 without
+    /// batches).
     pub records_per_batch_mean: f64,
     /// Heap allocations per append during the measurement (None without a counter).
     pub allocs_per_append: Option<f64>,

@@ -171,9 +171,13 @@ pub fn local_config() -> Arc<Config> {
 
 /// A key-value node on directfile-raft.
 pub struct KvNode {
+    /// The node's Raft id (its key in the [`Router`]).
     pub id: u64,
+    /// The node's Raft handle: `client_write`, metrics, membership changes, shutdown.
     pub raft: Raft<KvConfig>,
+    /// The node's map (a clone of the one Raft applies to: reads see what was applied).
     pub state_machine: KvStateMachine,
+    /// The directory of the node's raft log.
     pub dir: PathBuf,
 }
 

@@ -182,20 +182,29 @@ where
 /// What every entry record says, read without knowing the type configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryHeader<'a> {
+    /// The record's format version ([`ENTRY_FORMAT_VERSION`]).
     pub version: u8,
+    /// Blank, normal or membership.
     pub kind: EntryKind,
+    /// Term of the leader that proposed the entry.
     pub term: u64,
+    /// The entry's Raft log index.
     pub index: u64,
     /// The leader id, postcard-encoded (for `u64` node ids: varint term, varint node id).
     pub leader: &'a [u8],
+    /// The rest of the record, postcard-encoded: empty (blank), `C::D` (normal) or the
+    /// `Membership` (membership).
     pub payload: &'a [u8],
 }
 
 /// The three kinds of Raft entry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum EntryKind {
+    /// No payload: the entry a new leader appends at the start of its term (kind byte 0).
     Blank,
+    /// Application data, a `C::D` (kind byte 1).
     Normal,
+    /// A membership configuration (kind byte 2).
     Membership,
 }
 
@@ -284,7 +293,9 @@ where
 /// at LSN `lsn_base + (i - index_base)`. Records below `lsn_base` are purged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct IndexMap {
+    /// The LSN of the record that holds Raft index `index_base` (at least 1).
     pub lsn_base: u64,
+    /// The lowest Raft index the mapping covers.
     pub index_base: u64,
 }
 
@@ -312,9 +323,14 @@ impl IndexMap {
 /// What the meta blob holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Meta<C: RaftTypeConfig> {
+    /// The mapping between Raft indexes and journal LSNs.
     pub map: IndexMap,
+    /// The vote last saved (`save_vote`), `None` before the first.
     pub vote: Option<Vote<C::NodeId>>,
+    /// The committed log id last written (`save_committed`, written lazily: it may lag behind
+    /// the one openraft gave, never run ahead of the durable log).
     pub committed: Option<LogId<C::NodeId>>,
+    /// The last purged log id: entries up to it are gone from the log.
     pub last_purged: Option<LogId<C::NodeId>>,
 }
 
@@ -358,10 +374,15 @@ pub fn encode_meta<C: RaftTypeConfig>(meta: &Meta<C>) -> Result<Vec<u8>, CodecEr
 /// The raw parts of a meta blob, read without knowing the type configuration.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawMeta<'a> {
+    /// The blob's format version ([`META_FORMAT_VERSION`]).
     pub version: u8,
+    /// The mapping between Raft indexes and journal LSNs.
     pub map: IndexMap,
+    /// The vote, postcard-encoded (without its length prefix; see [`describe_vote`]).
     pub vote: Option<&'a [u8]>,
+    /// The committed log id, postcard-encoded (see [`describe_log_id`]).
     pub committed: Option<&'a [u8]>,
+    /// The last purged log id, postcard-encoded (see [`describe_log_id`]).
     pub last_purged: Option<&'a [u8]>,
 }
 

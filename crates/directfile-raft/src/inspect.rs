@@ -13,11 +13,17 @@ use crate::codec::{self, EntryKind, IndexMap};
 /// One entry as the journal holds it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EntryLine {
+    /// The journal record that holds the entry.
     pub lsn: u64,
+    /// The entry's Raft log index.
     pub index: u64,
+    /// Term of the leader that proposed it.
     pub term: u64,
+    /// That leader's id, for people (see [`codec::describe_leader`]).
     pub leader: String,
+    /// Blank, normal or membership.
     pub kind: EntryKind,
+    /// Bytes of its encoded payload (after the entry header).
     pub payload_bytes: usize,
     /// Hidden: at or below the last purged index (the record waits for its segment to go).
     pub purged: bool,
@@ -26,12 +32,20 @@ pub struct EntryLine {
 /// The Raft view of a journal directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RaftReport {
+    /// Format version of the meta blob.
     pub meta_version: u8,
+    /// The mapping between Raft indexes and journal LSNs the meta holds.
     pub map: IndexMap,
+    /// The saved vote, for people (see [`codec::describe_vote`]); `None` if none was saved.
     pub vote: Option<String>,
+    /// The committed log id the meta holds, for people; `None` if none was written.
     pub committed: Option<String>,
+    /// The last purged log id, for people; `None` if nothing was purged.
     pub last_purged: Option<String>,
+    /// The index of the last purged log id, when it decodes with `u64` node ids.
     pub last_purged_index: Option<u64>,
+    /// The entries an open would keep, in LSN order, purged ones included and marked (records
+    /// below the mapping are skipped; records that do not decode are in `problems`).
     pub entries: Vec<EntryLine>,
     /// What does not hold together (empty when healthy).
     pub problems: Vec<String>,

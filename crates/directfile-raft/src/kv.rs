@@ -31,14 +31,27 @@ openraft::declare_raft_types!(
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvRequest {
     /// Sets `key` to `value`.
-    Set { key: String, value: String },
+    Set {
+        /// The key, read back with [`KvStateMachine::get`].
+        key: String,
+        /// Its new value.
+        value: String,
+    },
     /// Sets `key` to `value` as raw bytes (the benchmarks' 256-byte writes).
-    SetBytes { key: u64, value: Vec<u8> },
+    SetBytes {
+        /// The key, read back with [`KvStateMachine::get_bytes`] (a key space of its own,
+        /// apart from the `Set` keys).
+        key: u64,
+        /// Its new value.
+        value: Vec<u8>,
+    },
 }
 
-/// What applying a request returns: the value it replaced, if any.
+/// What applying an entry returns: whether it replaced a value.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct KvResponse {
+    /// Whether the key had a value before this write (`false` for blank and membership
+    /// entries).
     pub replaced: bool,
 }
 

@@ -1,15 +1,44 @@
 //! directfile-journal as [openraft](https://docs.rs/openraft/0.9)'s log store: durable group
 //! commit under Raft, without blocking the Raft task on the device.
 //!
-//! ```no_run
-//! use directfile_raft::kv::{KvConfig, KvStateMachine};
-//! use directfile_raft::LogStore;
-//! # async fn start(network: impl openraft::RaftNetworkFactory<KvConfig>) -> Result<(), Box<dyn std::error::Error>> {
-//! let (log_store, _report) =
-//!     LogStore::<KvConfig>::open("node-1/raft-log", Default::default()).await?;
-//! let config = std::sync::Arc::new(openraft::Config::default().validate()?);
-//! let raft = openraft::Raft::new(1, config, network, log_store, KvStateMachine::new()).await?;
-//! # let _ = raft; Ok(()) }
+//! ```
+//! use std::collections::BTreeSet;
+//! use std::time::Duration;
+//!
+//! use directfile_raft::cluster::{local_config, Router};
+//! use directfile_raft::kv::{KvConfig, KvRequest, KvStateMachine};
+//! use directfile_raft::{inspect, LogStore};
+//!
+//! # #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let dir = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from)
+//! #     .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+//! #     .join("directfile-raft-doc-example");
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! // Node 1's log, in `dir` on a disk file system (tmpfs has no O_DIRECT).
+//! let (log_store, report) = LogStore::<KvConfig>::open(&dir, Default::default()).await?;
+//! assert_eq!(report.last_log_id, None); // a new log
+//! let network = Router::new(); // in-process; a real node brings its own RaftNetworkFactory
+//! let state_machine = KvStateMachine::new();
+//! let raft =
+//!     openraft::Raft::new(1, local_config(), network.clone(), log_store, state_machine.clone())
+//!         .await?;
+//! network.add(1, raft.clone());
+//! raft.initialize(BTreeSet::from([1])).await?; // a cluster of one
+//! raft.wait(Some(Duration::from_secs(10))).current_leader(1, "elected").await?;
+//!
+//! // Committed (durable in the journal) and applied when it returns.
+//! raft.client_write(KvRequest::Set { key: "k".into(), value: "v".into() }).await?;
+//! assert_eq!(state_machine.get("k").as_deref(), Some("v"));
+//!
+//! // The directory holds the entries: membership (index 0), the leader's blank (1), the write.
+//! let on_disk = inspect::inspect(&dir)?.expect("a raft log");
+//! assert_eq!(on_disk.live().last().map(|entry| entry.index), Some(2));
+//! raft.shutdown().await?;
+//! # drop((raft, network));
+//! # let _ = std::fs::remove_dir_all(&dir);
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! # How an append becomes durable
@@ -77,6 +106,7 @@
 //! - [`cluster`]: an in-process network (a router between `Raft` handles) and node helpers,
 //!   for the `kv` example, the tests and the peers benchmark.
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod cluster;
 pub mod codec;

@@ -201,8 +201,12 @@ impl<C: RaftTypeConfig, S: Storage> Clone for LogStore<C, S> {
 /// What an open found, for tools and tests.
 #[derive(Debug, Clone)]
 pub struct OpenReport<C: RaftTypeConfig> {
+    /// What the journal's recovery found: the records kept, a torn tail it truncated.
     pub journal: directfile_journal::RecoveryReport,
+    /// The meta blob as read at open: mapping, vote, committed and last purged log ids.
     pub meta: Meta<C>,
+    /// The last entry of the log, or the last purged log id when no entry is left after it
+    /// (`None` for a new log).
     pub last_log_id: Option<LogId<C::NodeId>>,
 }
 

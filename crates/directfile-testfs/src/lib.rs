@@ -27,7 +27,9 @@
 //!     eprintln!("skipped: {reason}"); // never pass silently
 //!     return Ok(());
 //! }
-//! let dir = std::env::temp_dir().join(format!("testfs-doc-{}", std::process::id()));
+//! # let target = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from)
+//! #     .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
+//! let dir = target.join(format!("testfs-doc-{}", std::process::id())); // the mount point
 //! let mount = Mount::new(&dir)?;
 //! let mut file = std::fs::File::create(mount.path().join("a"))?;
 //! file.write_all(b"synced")?;
@@ -55,6 +57,7 @@
 //! Linux only; mounting needs root (or `CAP_SYS_ADMIN`) and `/dev/fuse`, without `fusermount`.
 #![cfg(target_os = "linux")]
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 mod fs;
 mod model;

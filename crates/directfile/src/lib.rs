@@ -14,8 +14,8 @@
 //! ```
 //! # fn main() -> directfile::Result<()> {
 //! use directfile::{Driver, OpenOptions};
-//! # let dir = std::env::var_os("CARGO_TARGET_TMPDIR").map(std::path::PathBuf::from)
-//! #     .unwrap_or_else(|| std::env::current_dir().unwrap().join("target"));
+//! # let dir = std::env::var_os("CARGO_TARGET_DIR").map(std::path::PathBuf::from)
+//! #     .unwrap_or_else(|| std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"));
 //! # std::fs::create_dir_all(&dir).unwrap();
 //! # let path = dir.join("doc-example.dat");
 //! let file = OpenOptions::new().read(true).write(true).create(true).write_through(true)
