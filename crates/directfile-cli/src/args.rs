@@ -173,6 +173,11 @@ pub enum ExecutorArg {
     Own,
     /// `futures::executor::block_on`.
     Futures,
+    /// A tokio multi-thread runtime (one worker per core), one task per operation in flight;
+    /// completions reaped by tokio's reactor.
+    Tokio,
+    /// `smol::block_on` on one thread; completions reaped by async-io's reactor.
+    Smol,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -213,7 +218,8 @@ pub struct BenchArgs {
     /// What drives directfile's futures: `own` is `Driver::block_on`, which waits in the ring
     /// on io_uring (with cooperative completions on, as they suit it); `futures` is
     /// `futures::executor::block_on`, a generic executor that parks in a futex while the
-    /// driver's reaper thread waits for completions (the driver's defaults).
+    /// driver's reaper thread waits for completions (the driver's defaults); `tokio` and
+    /// `smol` run them on those runtimes, whose reactors reap the completions.
     #[arg(long, value_enum, default_value_t = ExecutorArg::Own)]
     pub executor: ExecutorArg,
 

@@ -196,7 +196,7 @@ mod tests {
             runtime: std::time::Duration::from_secs(2),
             dsync: true,
             memory_align: 4096,
-            own_executor: true,
+            executor: crate::args::ExecutorArg::Own,
         };
         let qd1 = command_line(Path::new("/f"), &workload);
         assert!(qd1.contains(&"--ioengine=psync".to_string()));

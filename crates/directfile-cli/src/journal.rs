@@ -148,7 +148,7 @@ fn fio_dsync_qd1(dir: &Path, runtime: Duration) -> CliResult<Measurement> {
         runtime,
         dsync: true,
         memory_align: 4096,
-        own_executor: true,
+        executor: crate::args::ExecutorArg::Own,
     };
     let path = dir.join("fio-4k-dsync-qd1.dat");
     fs::File::create(&path)

@@ -194,38 +194,41 @@ fn short_bench_prints_json_for_every_directfile_backend_and_cleans_up() {
     let _ = fs::remove_dir_all(&dir);
 }
 
-/// `--executor futures` drives the same futures on a generic executor, named in the result.
+/// `--executor futures|tokio|smol` drives the same futures on that executor, named in the
+/// result.
 #[test]
-fn bench_on_the_generic_executor_is_named_so() {
-    let dir = scratch("bench-executor");
-    let output = run_in(
-        &dir,
-        &[
-            "bench",
-            "--runtime",
-            "300ms",
-            "--size",
-            "8m",
-            "--qd",
-            "4",
-            "--backend",
-            "threads",
-            "--executor",
-            "futures",
-            "--json",
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results = parse_results(&output.stdout);
-    assert_eq!(results.len(), 1);
-    check_result(&results[0], "randwrite", 4);
-    assert_eq!(results[0]["backend"], "threads+futures");
-    assert!(entries(&dir).is_empty(), "left {:?}", entries(&dir));
-    let _ = fs::remove_dir_all(&dir);
+fn bench_on_another_executor_is_named_so() {
+    for executor in ["futures", "tokio", "smol"] {
+        let dir = scratch("bench-executor");
+        let output = run_in(
+            &dir,
+            &[
+                "bench",
+                "--runtime",
+                "300ms",
+                "--size",
+                "8m",
+                "--qd",
+                "4",
+                "--backend",
+                "threads",
+                "--executor",
+                executor,
+                "--json",
+            ],
+        );
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let results = parse_results(&output.stdout);
+        assert_eq!(results.len(), 1);
+        check_result(&results[0], "randwrite", 4);
+        assert_eq!(results[0]["backend"], format!("threads+{executor}"));
+        assert!(entries(&dir).is_empty(), "left {:?}", entries(&dir));
+        let _ = fs::remove_dir_all(&dir);
+    }
 }
 
 #[test]
@@ -326,8 +329,16 @@ fn compare_runs_every_backend() {
         .map(|r| r["backend"].as_str().unwrap())
         .collect();
     assert_eq!(
-        &backends[..5],
-        ["uring", "uring+futures", "threads", "std", "tokio"]
+        &backends[..7],
+        [
+            "uring",
+            "uring+futures",
+            "uring+tokio",
+            "uring+smol",
+            "threads",
+            "std",
+            "tokio"
+        ]
     );
     let fio_installed = Command::new("fio")
         .arg("--version")
@@ -335,7 +346,7 @@ fn compare_runs_every_backend() {
         .is_ok_and(|o| o.status.success());
     assert_eq!(
         backends.len(),
-        if fio_installed { 6 } else { 5 },
+        if fio_installed { 8 } else { 7 },
         "{backends:?}"
     );
     for result in &results {

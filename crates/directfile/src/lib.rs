@@ -52,7 +52,9 @@ mod wait;
 
 pub use align::{Alignment, AlignmentSource};
 pub use buf::{AlignedBuf, BufPool, GetBuf};
-pub use driver::{io_uring_status, Backend, BackendChoice, Driver, DriverBuilder, MAX_QUEUE_DEPTH};
+pub use driver::{
+    io_uring_status, Backend, BackendChoice, Driver, DriverBuilder, Reactor, MAX_QUEUE_DEPTH,
+};
 pub use durability::SyncStrategy;
 pub use error::{BufResult, Error, Result};
 pub use file::{File, OpenOptions};

@@ -244,6 +244,15 @@ pub fn fs_name(magic: i64) -> &'static str {
     }
 }
 
+/// `eventfd(2)`, non-blocking, close-on-exec, counter 0: the signal io_uring raises on each
+/// batch of completions once it is registered with the ring (`IORING_REGISTER_EVENTFD`).
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // SAFETY: eventfd takes no pointers.
+    let fd = check(unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) })?;
+    // SAFETY: `fd` was just returned by eventfd(2), so we own it and nobody else closes it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

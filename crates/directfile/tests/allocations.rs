@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{drivers, scratch_file};
+use common::{scratch_file, Executor};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::future::Future;
 use std::pin::Pin;
@@ -67,19 +67,31 @@ fn join_without_allocating<F: Future<Output = ()>>(lanes: Vec<F>) -> impl Future
     })
 }
 
-/// On a generic executor and on `Driver::block_on`, for each driver; then write-through
-/// writes followed by an explicit data sync (`SyncStrategy::ExplicitSync`: on io_uring a
-/// linked write + fsync pair per write), fewer of them since each one syncs.
+/// On `futures::executor`, `Driver::block_on`, tokio (multi-thread and current-thread) and
+/// smol, for each driver (with the features `tokio` and `async-io`, the tokio and smol runs
+/// are reaped by the runtime's reactor); then write-through writes followed by an explicit
+/// data sync (`SyncStrategy::ExplicitSync`: on io_uring a linked write + fsync pair per
+/// write), fewer of them since each one syncs.
 #[test]
 fn no_allocation_per_operation() {
-    for (driver, own_executor, explicit_sync) in drivers().into_iter().flat_map(|d| {
-        [
-            (d.clone(), false, false),
-            (d.clone(), true, false),
-            (d.clone(), false, true),
-            (d, true, true),
-        ]
-    }) {
+    let executors = [
+        Executor::Futures,
+        Executor::DriverBlockOn,
+        Executor::TokioMultiThread,
+        Executor::TokioCurrentThread,
+        Executor::Smol,
+    ];
+    for executor in executors {
+        for driver in executor.drivers_with(|b| b) {
+            for explicit_sync in [false, true] {
+                count(executor, &driver, explicit_sync);
+            }
+        }
+    }
+}
+
+fn count(executor: Executor, driver: &directfile::Driver, explicit_sync: bool) {
+    {
         let ops = if explicit_sync { OPS / 10 } else { OPS };
         let file = if explicit_sync {
             directfile::OpenOptions::new()
@@ -88,15 +100,15 @@ fn no_allocation_per_operation() {
                 .create(true)
                 .write_through(true)
                 .sync_strategy(directfile::SyncStrategy::ExplicitSync)
-                .driver(&driver)
+                .driver(driver)
                 .open(common::scratch_dir("allocs-sync").join("f"))
                 .unwrap()
         } else {
-            scratch_file(&driver, "allocs")
+            scratch_file(driver, "allocs")
         };
         let unit = file.alignment().offset;
         let pool = driver.buf_pool(DEPTH, 4096.max(unit), 4096);
-        let work = async {
+        let work = async move {
             // DEPTH concurrent loops inside one future; each op writes, odd ones read back.
             let run = |ops: usize| {
                 let loops: Vec<_> = (0..DEPTH)
@@ -130,31 +142,44 @@ fn no_allocation_per_operation() {
             let end = ALLOCS.load(Ordering::Relaxed);
             (after_warm - before, end - start)
         };
-        let (warm, steady) = if own_executor {
-            driver.block_on(work)
-        } else {
-            futures::executor::block_on(work)
-        };
+        let wakes_before = driver.reactor_wakes();
+        let (warm, steady) = executor.block_on(driver, work);
+        // Counts the warm-up's turns too: an upper bound for the measured run.
+        let reactor_turns = driver.reactor_wakes() - wakes_before;
         let per_op = steady as f64 / ops as f64;
         println!(
-            "{}{}{}: {steady} allocations in {ops} operations ({per_op:.5}/op; warm-up {warm})",
+            "{} on {executor:?}{}{}: {steady} allocations in {ops} operations ({per_op:.5}/op; \
+             warm-up {warm}; reactor turns {reactor_turns})",
             driver.backend(),
-            if own_executor {
-                " (Driver::block_on)"
-            } else {
-                ""
-            },
+            driver
+                .completion_reactor()
+                .map(|r| format!(" (reaped by {r})"))
+                .unwrap_or_default(),
             if explicit_sync {
                 ", write-through with explicit sync"
             } else {
                 ""
             }
         );
-        assert_eq!(
-            steady,
-            0,
-            "{}: allocations in steady state",
-            driver.backend()
-        );
+        if executor == Executor::Smol {
+            // smol's block_on drives async-io's reactor, which allocates a Vec for the wakers
+            // of each turn that wakes any (async-io 2.6, `ReactorLock::react`), and now and
+            // then elsewhere (2 in 100,000 operations on the thread pool here, where no
+            // reactor of ours is registered): at most one per turn, plus one per 10,000
+            // operations. directfile's own count is the other executors' 0.
+            assert!(
+                steady <= reactor_turns as u64 + ops as u64 / 10_000,
+                "{} on {executor:?}: {steady} allocations in steady state, more than \
+                 async-io's {reactor_turns} reactor turns",
+                driver.backend()
+            );
+        } else {
+            assert_eq!(
+                steady,
+                0,
+                "{} on {executor:?}: allocations in steady state",
+                driver.backend()
+            );
+        }
     }
 }

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{drivers, scratch_dir, Rng};
+use common::{drivers, scratch_dir, Executor, Rng};
 use directfile::{File, OpenOptions};
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -71,12 +71,18 @@ async fn task(file: File, task_index: usize, writes: usize, seed: u64) -> Vec<Ha
     possible
 }
 
-/// The tasks run on tokio (multi-thread), or all on one thread in `Driver::block_on`.
+/// The tasks run on tokio (multi-thread and current-thread), on smol, or all on one thread in
+/// `Driver::block_on` (`common::Executor`).
 #[test]
 fn random_writes_with_cancellations_match_the_model() {
-    for (driver, own_executor) in drivers()
-        .into_iter()
-        .flat_map(|d| [(d.clone(), false), (d, true)])
+    for executor in Executor::ALL {
+        for driver in executor.drivers_with(|b| b) {
+            check_random_writes(executor, driver);
+        }
+    }
+}
+
+fn check_random_writes(executor: Executor, driver: directfile::Driver) {
     {
         let dir = scratch_dir("integrity");
         let path = dir.join("data");
@@ -89,24 +95,17 @@ fn random_writes_with_cancellations_match_the_model() {
             .unwrap();
         let unit = file.alignment().offset;
         let total_units = TASKS * UNITS_PER_TASK;
-        let tasks =
-            || (0..TASKS).map(|t| task(file.clone(), t, WRITES / TASKS, 0x9e37_79b9 + t as u64));
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .build()
-            .unwrap();
-        let models: Vec<Vec<HashSet<u64>>> = if own_executor {
-            driver.block_on(futures::future::join_all(tasks()))
-        } else {
-            rt.block_on(async {
-                let handles: Vec<_> = tasks().map(tokio::spawn).collect();
-                let mut out = Vec::new();
-                for h in handles {
-                    out.push(h.await.unwrap());
-                }
-                out
+        let tasks = (0..TASKS)
+            .map(|t| {
+                Box::pin(task(
+                    file.clone(),
+                    t,
+                    WRITES / TASKS,
+                    0x9e37_79b9 + t as u64,
+                )) as _
             })
-        };
+            .collect();
+        let models: Vec<Vec<HashSet<u64>>> = executor.run(&driver, tasks);
         // Every cancelled write has completed or been withdrawn once the futures are gone.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while driver.in_flight() > 0 {
@@ -131,7 +130,7 @@ fn random_writes_with_cancellations_match_the_model() {
                 let tag = u64::from_le_bytes(bytes[..8].try_into().unwrap());
                 assert!(
                     bytes.chunks(8).all(|w| w == tag.to_le_bytes()),
-                    "unit {u} is torn or garbage on {}",
+                    "unit {u} is torn or garbage on {} ({executor:?})",
                     driver.backend()
                 );
                 assert_eq!(
@@ -143,7 +142,7 @@ fn random_writes_with_cancellations_match_the_model() {
             };
             assert!(
                 models[t][k].contains(&id),
-                "unit {u}: found write {id:#x}, expected one of {:?} ({})",
+                "unit {u}: found write {id:#x}, expected one of {:?} ({}, {executor:?})",
                 models[t][k],
                 driver.backend()
             );

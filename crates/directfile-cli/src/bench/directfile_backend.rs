@@ -1,27 +1,30 @@
 //! directfile's drivers as bench backends: `uring` and `threads` map to the library's
 //! `BackendChoice`, `auto` lets it pick. `qd` worker futures, each owning one buffer from a
-//! registered pool (fixed-buffer opcodes on io_uring) that every op hands back, are driven
-//! concurrently by `join_all` on one thread: on `Driver::block_on` (which waits in the ring on
-//! io_uring), or with `--executor futures` on `futures::executor::block_on` (backend names get a
-//! `+futures` suffix then).
+//! registered pool (fixed-buffer opcodes on io_uring) that every op hands back, run on the
+//! executor the workload names: joined in one future on one thread on `Driver::block_on`
+//! (which waits in the ring on io_uring), on `futures::executor::block_on` (`+futures`) or on
+//! `smol::block_on` (`+smol`, async-io's reactor reaps), or one task each on a tokio
+//! multi-thread runtime (`+tokio`, tokio's reactor reaps).
 
-use std::cell::OnceCell;
 use std::path::Path;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use directfile::{AlignedBuf, BackendChoice, Driver, File, OpenOptions};
+use directfile::{AlignedBuf, BackendChoice, Driver, File, OpenOptions, Reactor};
 use futures::executor::block_on;
 use futures::future::join_all;
 
+use crate::args::ExecutorArg;
 use crate::bench::stats::{Measurement, Phase, Recorder};
 use crate::bench::workload::{OffsetGenerator, SplitMix64, Workload};
 use crate::bench::Backend;
 use crate::error::{cli_error, CliResult};
 
 /// Builds a driver with `qd` slots for `backend` (Auto, Uring or Threads). On
-/// `Driver::block_on` (`own_executor`) every operation is submitted and waited for by the one
-/// thread that runs it, which is what cooperative completions need: they are on there.
-fn driver_for(backend: Backend, queue_depth: usize, own_executor: bool) -> CliResult<Driver> {
+/// `Driver::block_on` every operation is submitted and waited for by the one thread that runs
+/// it, which is what cooperative completions need: they are on there. On smol the driver
+/// uses async-io's reactor (tokio's is the default when a future waits in a runtime).
+fn driver_for(backend: Backend, queue_depth: usize, executor: ExecutorArg) -> CliResult<Driver> {
     let choice = match backend {
         Backend::Uring => BackendChoice::Uring,
         Backend::Threads => BackendChoice::Threads,
@@ -30,7 +33,11 @@ fn driver_for(backend: Backend, queue_depth: usize, own_executor: bool) -> CliRe
     Driver::builder()
         .queue_depth(queue_depth)
         .backend(choice)
-        .cooperative_completions(own_executor)
+        .cooperative_completions(executor == ExecutorArg::Own)
+        .reactor(match executor {
+            ExecutorArg::Smol => Reactor::AsyncIo,
+            _ => Reactor::Auto,
+        })
         .build()
         .map_err(|err| {
             cli_error!(
@@ -51,12 +58,12 @@ pub fn auto_choice() -> CliResult<(String, String)> {
 
 /// One in-flight op's loop: issue, await, record, until the deadline.
 async fn worker(
-    file: &File,
+    file: File,
     write: bool,
     mut buffer: AlignedBuf,
     mut offsets: OffsetGenerator,
     mut recorder: Recorder,
-    phase: &OnceCell<(Instant, Instant)>,
+    phase: Arc<OnceLock<(Instant, Instant)>>,
 ) -> Result<Recorder, String> {
     let (start, deadline) = *phase.get().expect("the phase starts before the first poll");
     let bs = buffer.len();
@@ -92,11 +99,12 @@ async fn worker(
 
 /// Runs `workload` on `path` through directfile with `backend`.
 pub fn run(backend: Backend, path: &Path, workload: &Workload) -> CliResult<Measurement> {
-    let driver = driver_for(backend, workload.qd, workload.own_executor)?;
-    let name = if workload.own_executor {
-        driver.backend().to_string()
-    } else {
-        format!("{}+futures", driver.backend())
+    let driver = driver_for(backend, workload.qd, workload.executor)?;
+    let name = match workload.executor {
+        ExecutorArg::Own => driver.backend().to_string(),
+        ExecutorArg::Futures => format!("{}+futures", driver.backend()),
+        ExecutorArg::Tokio => format!("{}+tokio", driver.backend()),
+        ExecutorArg::Smol => format!("{}+smol", driver.backend()),
     };
     let file = OpenOptions::new()
         .read(true)
@@ -117,7 +125,7 @@ pub fn run(backend: Backend, path: &Path, workload: &Workload) -> CliResult<Meas
     }
     let pool = driver.buf_pool(workload.qd, workload.bs, alignment.buffer_align());
     let cursor = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let phase_cell: OnceCell<(Instant, Instant)> = OnceCell::new();
+    let phase_cell: Arc<OnceLock<(Instant, Instant)>> = Arc::new(OnceLock::new());
     let write = workload.rw.is_write();
 
     let mut futures = Vec::with_capacity(workload.qd);
@@ -132,25 +140,47 @@ pub fn run(backend: Backend, path: &Path, workload: &Workload) -> CliResult<Meas
         }
         buffer.set_len(workload.bs);
         futures.push(worker(
-            &file,
+            file.clone(),
             write,
             buffer,
             OffsetGenerator::new(workload, index, &cursor),
             Recorder::new(workload.runtime),
-            &phase_cell,
+            Arc::clone(&phase_cell),
         ));
     }
-    let all = join_all(futures);
-    // block_on sets up its thread-local waker on first use: do that outside the measured phase.
+    // Executors set up outside the measured phase: block_on's thread-local waker, smol's
+    // reactor thread, tokio's worker threads.
     block_on(async {});
+    let runtime = match workload.executor {
+        ExecutorArg::Tokio => Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .map_err(|err| cli_error!("directfile {name}: cannot start tokio: {err}"))?,
+        ),
+        ExecutorArg::Smol => {
+            smol::block_on(async {});
+            None
+        }
+        _ => None,
+    };
     let phase = Phase::begin();
     let _ = phase_cell.set((phase.start, phase.start + workload.runtime));
-    let outcomes = if workload.own_executor {
-        driver.block_on(all)
-    } else {
-        block_on(all)
+    let outcomes = match (workload.executor, &runtime) {
+        (ExecutorArg::Own, _) => driver.block_on(join_all(futures)),
+        (ExecutorArg::Tokio, Some(runtime)) => runtime.block_on(async {
+            let tasks: Vec<_> = futures.into_iter().map(tokio::spawn).collect();
+            let mut outcomes = Vec::with_capacity(tasks.len());
+            for task in tasks {
+                outcomes.push(task.await.unwrap_or_else(|err| Err(format!("task: {err}"))));
+            }
+            outcomes
+        }),
+        (ExecutorArg::Smol, _) => smol::block_on(join_all(futures)),
+        _ => block_on(join_all(futures)),
     };
     let totals = phase.end();
+    drop(runtime);
 
     let mut merged = Recorder::new(workload.runtime);
     for outcome in outcomes {

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use crate::args::{BackendArg, BenchArgs};
+use crate::args::{BackendArg, BenchArgs, ExecutorArg};
 use crate::bench::stats::{median_measurement, Measurement};
 use crate::bench::workload::Workload;
 use crate::device;
@@ -32,8 +32,12 @@ pub enum Backend {
     /// directfile's io_uring driver.
     Uring,
     /// directfile's io_uring driver with its futures on `futures::executor::block_on` (in
-    /// --compare: the path of any executor but `Driver::block_on`).
+    /// --compare: the path of any executor without a reactor: the driver's reaper thread).
     UringFutures,
+    /// directfile's io_uring driver on a tokio multi-thread runtime (tokio's reactor reaps).
+    UringTokio,
+    /// directfile's io_uring driver on smol (async-io's reactor reaps).
+    UringSmol,
     /// directfile's thread-pool driver.
     Threads,
     Std,
@@ -57,6 +61,8 @@ impl Backend {
             Backend::Auto => "auto",
             Backend::Uring => "uring",
             Backend::UringFutures => "uring+futures",
+            Backend::UringTokio => "uring+tokio",
+            Backend::UringSmol => "uring+smol",
             Backend::Threads => "threads",
             Backend::Std => "std",
             Backend::Tokio => "tokio",
@@ -69,9 +75,14 @@ impl Backend {
             Backend::Auto | Backend::Uring | Backend::Threads => {
                 directfile_backend::run(self, path, workload)
             }
-            Backend::UringFutures => {
+            Backend::UringFutures | Backend::UringTokio | Backend::UringSmol => {
+                let executor = match self {
+                    Backend::UringFutures => ExecutorArg::Futures,
+                    Backend::UringTokio => ExecutorArg::Tokio,
+                    _ => ExecutorArg::Smol,
+                };
                 let workload = Workload {
-                    own_executor: false,
+                    executor,
                     ..*workload
                 };
                 directfile_backend::run(Backend::Uring, path, &workload)
@@ -132,7 +143,7 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
         runtime: args.runtime,
         dsync: args.dsync,
         memory_align: memory_align.max(512) as usize,
-        own_executor: args.executor == crate::args::ExecutorArg::Own,
+        executor: args.executor,
     };
     check_direct_open(path, &workload)?;
 
@@ -154,6 +165,8 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
         let mut backends = vec![
             Backend::Uring,
             Backend::UringFutures,
+            Backend::UringTokio,
+            Backend::UringSmol,
             Backend::Threads,
             Backend::Std,
             Backend::Tokio,

@@ -23,8 +23,8 @@ pub struct Workload {
     pub dsync: bool,
     /// Buffer alignment for O_DIRECT, in bytes.
     pub memory_align: usize,
-    /// directfile's futures run on `Driver::block_on` (else on `futures::executor::block_on`).
-    pub own_executor: bool,
+    /// What runs directfile's futures.
+    pub executor: crate::args::ExecutorArg,
 }
 
 impl Workload {
@@ -187,7 +187,7 @@ mod tests {
             runtime: Duration::from_secs(1),
             dsync: false,
             memory_align: 4096,
-            own_executor: true,
+            executor: crate::args::ExecutorArg::Own,
         }
     }
 

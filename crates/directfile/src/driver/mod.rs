@@ -7,9 +7,11 @@
 //! `GetQueuedCompletionStatusEx`, `cancel` calls `CancelIoEx`.
 
 mod gate;
+mod reactor;
 mod threads;
 mod uring;
 
+pub use reactor::Reactor;
 pub use uring::io_uring_status;
 
 use crate::buf::{BufPool, FixedRegistration};
@@ -93,6 +95,7 @@ pub struct DriverBuilder {
     spin: Duration,
     max_iovecs: usize,
     cooperative: bool,
+    reactor: Reactor,
     #[cfg(feature = "fault-injection")]
     faults: Option<crate::fault::FaultPlan>,
 }
@@ -106,6 +109,7 @@ impl Default for DriverBuilder {
             spin: Duration::from_micros(250),
             max_iovecs: 64,
             cooperative: false,
+            reactor: Reactor::Auto,
             #[cfg(feature = "fault-injection")]
             faults: None,
         }
@@ -161,6 +165,20 @@ impl DriverBuilder {
     /// the driver's watchdog reaps for it, but cannot post completions that wait on it.
     pub fn cooperative_completions(mut self, on: bool) -> Self {
         self.cooperative = on;
+        self
+    }
+
+    /// Who reaps io_uring completions for the futures that wait on an executor other than
+    /// [`Driver::block_on`]: the reactor of their async runtime (features `tokio`,
+    /// `async-io`), or the driver's reaper thread. Default [`Reactor::Auto`]: with the `tokio`
+    /// feature, the reactor of the tokio runtime in which a future first waits serves that
+    /// runtime's futures; every other future is woken by the reaper thread. Ignored by the
+    /// thread pool, whose workers wake the futures themselves.
+    ///
+    /// The rules (who reaps when, and how waiters go back to the reaper thread when a
+    /// runtime shuts down): `docs/reactors.md`.
+    pub fn reactor(mut self, reactor: Reactor) -> Self {
+        self.reactor = reactor;
         self
     }
 
@@ -232,6 +250,7 @@ impl DriverBuilder {
             reason
                 .push_str("; cooperative completions refused by the kernel (they need Linux 5.19)");
         }
+        let engine = engine.with_reactor(self.reactor);
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let shared = Arc::new(Shared {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
@@ -255,7 +274,7 @@ impl DriverBuilder {
             // Threads already running must see the shutdown and exit.
             shared.closed.store(true, Ordering::Release);
             shared.shutdown.store(true, Ordering::Release);
-            shared.engine.shutdown();
+            shared.engine.shutdown(&shared);
             return Err(Error::Io(e));
         }
         Ok(Driver {
@@ -376,6 +395,32 @@ impl Engine {
         }
     }
 
+    /// The engine with `reactor` chosen (`DriverBuilder::reactor`; io_uring only).
+    fn with_reactor(self, reactor: Reactor) -> Engine {
+        match self {
+            Engine::Uring(u) => Engine::Uring(u.with_reactor(reactor)),
+            other => other,
+        }
+    }
+
+    /// Called before a future registers its waker: registers the ring with the reactor of
+    /// this thread's async runtime, if it can serve and none does yet (`reactor.rs`).
+    pub(crate) fn offer_reactor(&self, shared: &Arc<Shared>) {
+        match self {
+            Engine::Uring(u) => u.offer_reactor(shared),
+            Engine::Threads(_) => {}
+        }
+    }
+
+    /// Whether a reactor serves a future that waits on this thread (asked under its slot's
+    /// lock: `reactor.rs`, rule 1).
+    pub(crate) fn serves_here(&self) -> bool {
+        match self {
+            Engine::Uring(u) => u.serves_here(),
+            Engine::Threads(_) => false,
+        }
+    }
+
     /// Called after a future registered its waker: makes sure someone will reap its completion.
     pub(crate) fn kick(&self) {
         match self {
@@ -427,9 +472,12 @@ impl Engine {
         }
     }
 
-    fn shutdown(&self) {
+    fn shutdown(&self, shared: &Shared) {
         match self {
-            Engine::Uring(u) => u.wake_reaper(),
+            Engine::Uring(u) => {
+                u.detach_reactor(shared);
+                u.wake_reaper();
+            }
             Engine::Threads(t) => t.shutdown(),
         }
     }
@@ -443,7 +491,7 @@ impl Drop for Handle {
     fn drop(&mut self) {
         self.shared.closed.store(true, Ordering::Release);
         self.shared.shutdown.store(true, Ordering::Release);
-        self.shared.engine.shutdown();
+        self.shared.engine.shutdown(&self.shared);
     }
 }
 
@@ -514,6 +562,37 @@ impl Driver {
         }
     }
 
+    /// The async runtime reactor that reaps this driver's completions for the futures of its
+    /// runtime (`"tokio"` or `"async-io"`), or `None` while only the driver's own threads do
+    /// ([`DriverBuilder::reactor`]).
+    pub fn completion_reactor(&self) -> Option<&'static str> {
+        match &self.shared().engine {
+            Engine::Uring(u) => u.reactors().serving_name(),
+            Engine::Threads(_) => None,
+        }
+    }
+
+    /// How many times the io_uring driver's reaper thread has waited in the kernel for
+    /// completions (0 on the thread pool): it stays where it is while `Driver::block_on` or
+    /// a runtime's reactor reaps.
+    pub fn reaper_thread_waits(&self) -> usize {
+        match &self.shared().engine {
+            Engine::Uring(u) => u.reaper_waits(),
+            Engine::Threads(_) => 0,
+        }
+    }
+
+    /// How many times a runtime's reactor called the driver to reap its completions.
+    pub fn reactor_wakes(&self) -> usize {
+        match &self.shared().engine {
+            Engine::Uring(u) => u
+                .reactors()
+                .wakes
+                .load(std::sync::atomic::Ordering::Relaxed),
+            Engine::Threads(_) => 0,
+        }
+    }
+
     /// Number of operation slots.
     pub fn queue_depth(&self) -> usize {
         self.shared().slots.len()
@@ -572,6 +651,10 @@ impl Driver {
     }
 
     pub(crate) fn shared(&self) -> &Shared {
+        &self.handle.shared
+    }
+
+    pub(crate) fn shared_arc(&self) -> &Arc<Shared> {
         &self.handle.shared
     }
 }

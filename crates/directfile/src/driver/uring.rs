@@ -19,6 +19,7 @@
 #![allow(unsafe_code)]
 
 use super::gate::{Standby, SubmitGate};
+use super::reactor::{Reactor, Reactors};
 use super::{Engine, Shared, Submission};
 use crate::op::slot::{OpDesc, SlotInner};
 use crate::sync::{AtomicBool, AtomicUsize, Mutex, MutexGuard, Ordering};
@@ -115,6 +116,27 @@ pub(crate) struct Uring {
     ring_visits: AtomicUsize,
     /// The ring runs with IORING_SETUP_COOP_TASKRUN (asked for, and the kernel has it).
     cooperative: bool,
+    /// An async runtime's reactor that reaps for the futures of that runtime (`reactor.rs`).
+    reactors: Reactors,
+    /// Times the reaper thread waited in the kernel for completions.
+    reaper_waits: AtomicUsize,
+}
+
+/// The completion lock, held. Letting go of it looks whether a reactor asked for a reap
+/// meanwhile, and reaps again if so (rule 2 of `reactor.rs`).
+struct CqGuard<'a> {
+    guard: Option<MutexGuard<'a, ()>>,
+    u: &'a Uring,
+    shared: &'a Shared,
+}
+
+impl Drop for CqGuard<'_> {
+    fn drop(&mut self) {
+        drop(self.guard.take());
+        if self.u.reactors.handover.wanted_after_release() {
+            self.u.reap(self.shared);
+        }
+    }
 }
 
 /// What to tell the user when `io_uring_setup` fails.
@@ -194,6 +216,8 @@ impl Uring {
             queued: AtomicUsize::new(0),
             ring_visits: AtomicUsize::new(0),
             cooperative,
+            reactors: Reactors::new(Reactor::Auto),
+            reaper_waits: AtomicUsize::new(0),
         })
     }
 
@@ -213,7 +237,7 @@ impl Uring {
                     unreachable!()
                 };
                 // Held while active: no one else consumes completions then.
-                let mut cq: Option<MutexGuard<'_, ()>> = None;
+                let mut cq: Option<CqGuard<'_>> = None;
                 loop {
                     if shared.is_shut_down() && shared.slots.in_flight() == 0 {
                         break;
@@ -226,7 +250,7 @@ impl Uring {
                         continue;
                     }
                     if cq.is_none() {
-                        let guard = u.lock_cq();
+                        let guard = u.lock_cq(&shared);
                         // A `block_on` thread may have taken the ring while we waited.
                         if u.may_idle(&shared) {
                             continue;
@@ -238,6 +262,7 @@ impl Uring {
                     // are in the kernel, futures submit their own entries.
                     u.gate.entering();
                     u.queued.store(0, Ordering::Relaxed);
+                    u.reaper_waits.fetch_add(1, Ordering::Relaxed);
                     let waited = u.ring.submitter().submit_and_wait(1);
                     u.gate.left_kernel();
                     Uring::check_enter(waited, "io_uring_enter(GETEVENTS)");
@@ -384,7 +409,7 @@ impl Uring {
 
     /// The reaper leaves the active state: from now on pushers submit their own entries. Those
     /// left queued while it was active are submitted here.
-    fn deactivate(&self, shared: &Shared, cq: MutexGuard<'_, ()>) {
+    fn deactivate(&self, shared: &Shared, cq: CqGuard<'_>) {
         self.gate.deactivate();
         drop(cq);
         self.enter_submit(Room::Reap(shared));
@@ -435,9 +460,15 @@ impl Uring {
     ///
     /// Also while a `block_on` thread is the reaper: then this thread only watches that it
     /// comes back to the ring (`idle`).
+    ///
+    /// And while a reactor serves, whatever the number in flight: then the futures that wait
+    /// are its, or unattended (`reactor.rs`).
     fn may_idle(&self, shared: &Shared) -> bool {
         !shared.is_shut_down()
-            && (self.owned() || (shared.slots.unattended() == 0 && shared.slots.in_flight() <= 1))
+            && (self.owned()
+                || (shared.slots.unattended() == 0
+                    && (shared.slots.in_flight() <= 1
+                        || self.reactors.handover.serving().is_some())))
     }
 
     /// Sleeps outside the kernel while `may_idle`: until a future registers a waker or is
@@ -458,7 +489,7 @@ impl Uring {
             if visits == last_visits {
                 // Not back in the ring for a whole period. If it is in there right now it
                 // holds the lock, and all is well.
-                if let Some(_cq) = self.try_lock_cq() {
+                if let Some(_cq) = self.try_lock_cq(shared) {
                     self.drain(shared);
                     self.enter_submit(Room::Drain(shared));
                 }
@@ -469,13 +500,30 @@ impl Uring {
 
     /// The completion lock. It guards no data (only who may consume completions), so a panic
     /// of the thread that held it (user code in a waker or in `block_on`) changes nothing.
-    fn lock_cq(&self) -> MutexGuard<'_, ()> {
-        self.cq
+    fn lock_cq<'a>(&'a self, shared: &'a Shared) -> CqGuard<'a> {
+        let guard = self
+            .cq
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        self.reactors.handover.taking_wanted();
+        CqGuard {
+            guard: Some(guard),
+            u: self,
+            shared,
+        }
     }
 
-    fn try_lock_cq(&self) -> Option<MutexGuard<'_, ()>> {
+    fn try_lock_cq<'a>(&'a self, shared: &'a Shared) -> Option<CqGuard<'a>> {
+        let guard = self.try_lock_cq_raw()?;
+        self.reactors.handover.taking_wanted();
+        Some(CqGuard {
+            guard: Some(guard),
+            u: self,
+            shared,
+        })
+    }
+
+    fn try_lock_cq_raw(&self) -> Option<MutexGuard<'_, ()>> {
         match self.cq.try_lock() {
             Ok(g) => Some(g),
             Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
@@ -536,10 +584,61 @@ impl Uring {
 
     /// Records every completion in the queue, unless another thread is reaping (it will record
     /// ours too).
+    /// (Rule 2 of `reactor.rs`: after letting go, it reaps again if a reactor asked.)
     pub(crate) fn reap(&self, shared: &Shared) {
-        if let Some(_guard) = self.try_lock_cq() {
+        loop {
+            let Some(guard) = self.try_lock_cq_raw() else {
+                return;
+            };
+            self.reactors.handover.taking_wanted();
             self.drain(shared);
+            drop(guard);
+            if !self.reactors.handover.wanted_after_release() {
+                return;
+            }
         }
+    }
+
+    /// This ring with `reactor` chosen (`DriverBuilder::reactor`), before it is used.
+    pub(crate) fn with_reactor(mut self, reactor: Reactor) -> Uring {
+        self.reactors = Reactors::new(reactor);
+        self
+    }
+
+    /// The reactors of this ring (`reactor.rs`).
+    pub(crate) fn reactors(&self) -> &Reactors {
+        &self.reactors
+    }
+
+    /// Registers `eventfd` with the ring (`IORING_REGISTER_EVENTFD`): from now on the kernel
+    /// signals it whenever it posts completions.
+    pub(crate) fn register_eventfd(&self, eventfd: &std::fs::File) -> io::Result<()> {
+        self.ring
+            .submitter()
+            .register_eventfd(std::os::fd::AsRawFd::as_raw_fd(eventfd))
+    }
+
+    /// Called before a future registers its waker: registers the ring with this thread's
+    /// runtime's reactor if none serves yet (not for the thread that owns the ring).
+    pub(crate) fn offer_reactor(&self, shared: &Arc<Shared>) {
+        if self.standby.owner() != thread_token() {
+            self.reactors.offer(self, shared);
+        }
+    }
+
+    /// Whether the reactor serves a future waiting on this thread.
+    pub(crate) fn serves_here(&self) -> bool {
+        self.standby.owner() != thread_token() && self.reactors.serves_here()
+    }
+
+    /// The driver is dropped: the reactor, if any, leaves (its registration goes).
+    pub(crate) fn detach_reactor(&self, shared: &Shared) {
+        self.reactors.leave(self, shared);
+    }
+
+    /// Times the reaper thread waited in the kernel for completions.
+    pub(crate) fn reaper_waits(&self) -> usize {
+        self.reaper_waits.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on the submission queue, under the `sq` lock. With `try_with_sq`, the only way
@@ -809,11 +908,11 @@ impl Uring {
         if outermost {
             // The reaper thread may be waiting in the kernel with the lock: its wait ends on
             // this no-op, it sees the owner and stands by. The gate is ours once it let go.
-            let cq = match self.try_lock_cq() {
+            let cq = match self.try_lock_cq(shared) {
                 Some(cq) => cq,
                 None => {
                     self.post_wake();
-                    self.lock_cq()
+                    self.lock_cq(shared)
                 }
             };
             self.gate.activate();
@@ -850,7 +949,7 @@ impl Uring {
                     continue;
                 }
             }
-            let cq = self.lock_cq();
+            let cq = self.lock_cq(shared);
             self.ring_visits.fetch_add(1, Ordering::Relaxed);
             // One operation in flight: submit it and watch the completion queue for a short
             // while, as a future does on other executors (`Op::poll`): cheaper than sleeping

@@ -14,7 +14,7 @@ pub(crate) mod slot;
 
 use crate::driver::Driver;
 use crate::{Error, Result};
-use slot::{OpBufs, OpDesc, Slots};
+use slot::{Look, OpBufs, OpDesc, Slots};
 use std::future::Future;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
@@ -151,7 +151,10 @@ impl Future for Op {
         if !shared.spin.is_zero() && shared.slots.in_flight() == 1 && shared.engine.may_spin() {
             let start = Instant::now();
             loop {
-                done = shared.slots.take_or_register(index, generation, None);
+                done = shared
+                    .slots
+                    .take_or_register(index, generation, None, || false)
+                    .done();
                 if done.is_some() || start.elapsed() >= shared.spin {
                     break;
                 }
@@ -163,14 +166,22 @@ impl Future for Op {
         let done = match done {
             Some(d) => Some(d),
             None => {
-                let done = shared
+                // About to wait: the first time in an async runtime that can reap for us,
+                // register the ring with its reactor.
+                shared.engine.offer_reactor(this.driver.shared_arc());
+                match shared
                     .slots
-                    .take_or_register(index, generation, Some(cx.waker()));
-                if done.is_none() {
-                    // Our completion is now unattended: make sure the reaper is awake.
-                    shared.engine.kick();
+                    .take_or_register(index, generation, Some(cx.waker()), || {
+                        shared.engine.serves_here()
+                    }) {
+                    Look::Done(f) => Some(f),
+                    Look::Waiting => None,
+                    Look::Unattended => {
+                        // Our completion is now unattended: make sure the reaper is awake.
+                        shared.engine.kick();
+                        None
+                    }
                 }
-                done
             }
         };
         match done {

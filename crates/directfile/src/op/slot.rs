@@ -92,8 +92,11 @@ impl OpBufs {
 pub(crate) enum State {
     Free,
     /// Submitted; `waker` is set once the future has polled and found it not complete.
+    /// `served`: that waiter is the reactor's to reap for (an async runtime's reactor,
+    /// `driver/reactor.rs`), not counted in `unattended`.
     InFlight {
         waker: Option<Waker>,
+        served: bool,
     },
     /// The result (a byte count or a negative errno), waiting for the future to take it.
     Completed(i32),
@@ -163,6 +166,28 @@ impl Drop for Slots {
                 std::mem::forget(slot.file.take());
                 std::mem::forget(std::mem::take(&mut slot.iovecs.0));
             }
+        }
+    }
+}
+
+/// What a future's look at its slot found (`Slots::take_or_register`).
+pub(crate) enum Look {
+    /// The operation is over: its result and buffers.
+    Done(Finished),
+    /// Still in flight; nothing changed that the caller must act on (also when the waiter
+    /// is a reactor's to reap for).
+    Waiting,
+    /// Still in flight, and the waiter became unattended: the caller must make sure the
+    /// driver's reaper runs (`Engine::kick`).
+    Unattended,
+}
+
+impl Look {
+    /// The finished operation, if it is over.
+    pub(crate) fn done(self) -> Option<Finished> {
+        match self {
+            Look::Done(f) => Some(f),
+            _ => None,
         }
     }
 }
@@ -299,7 +324,10 @@ impl Slots {
         file: Arc<OwnedFd>,
     ) -> u32 {
         debug_assert!(matches!(slot.state, State::Free));
-        slot.state = State::InFlight { waker: None };
+        slot.state = State::InFlight {
+            waker: None,
+            served: false,
+        };
         slot.fd = fd;
         slot.desc = desc;
         slot.bufs = bufs;
@@ -374,10 +402,12 @@ impl Slots {
     /// The operation of the locked `slot` is over with result `res`.
     fn finish(&self, mut slot: MutexGuard<'_, SlotInner>, index: u32, res: i32) {
         match std::mem::replace(&mut slot.state, State::Completed(res)) {
-            State::InFlight { waker, .. } => {
+            State::InFlight { waker, served } => {
                 drop(slot);
                 if let Some(w) = waker {
-                    self.unattended.fetch_sub(1, Ordering::SeqCst);
+                    if !served {
+                        self.unattended.fetch_sub(1, Ordering::SeqCst);
+                    }
                     w.wake();
                 }
             }
@@ -403,14 +433,18 @@ impl Slots {
     }
 
     /// The future's side: takes the result if the operation is complete, else records the
-    /// waker (when given) and returns `None`. After registering a waker for the first time the
-    /// caller must make sure a reaper runs (the slot became unattended).
+    /// waker (when given). `served` is asked, under the slot's lock, when a waker is recorded
+    /// for the first time or replaced by another task's: whether a reactor will reap for this
+    /// waiter; if not, the driver's own reaper must (the waiter is unattended). Asking under
+    /// the lock is what keeps a reactor's leave (`unserve_all`) from missing the waiter
+    /// (`driver/reactor.rs`, rule 1). The caller must then act on the returned [`Look`].
     pub(crate) fn take_or_register(
         &self,
         index: u32,
         generation: u32,
         waker: Option<&Waker>,
-    ) -> Option<Finished> {
+        served: impl FnOnce() -> bool,
+    ) -> Look {
         let mut slot = self.lock(index);
         debug_assert_eq!(slot.generation, generation);
         match &mut slot.state {
@@ -420,25 +454,60 @@ impl Slots {
                 drop(slot);
                 drop(file);
                 self.release(index);
-                Some(Finished { res, bufs })
+                Look::Done(Finished { res, bufs })
             }
             State::InFlight {
-                waker: registered, ..
+                waker: registered,
+                served: was_served,
             } => {
-                if let Some(w) = waker {
-                    match registered {
-                        Some(r) if r.will_wake(w) => {}
-                        Some(r) => r.clone_from(w),
-                        None => {
-                            *registered = Some(w.clone());
-                            self.unattended.fetch_add(1, Ordering::SeqCst);
-                        }
+                let Some(w) = waker else {
+                    return Look::Waiting;
+                };
+                if let Some(r) = registered {
+                    if r.will_wake(w) {
+                        return Look::Waiting;
                     }
                 }
-                None
+                // A new waiter, or the future moved to another task: who reaps for it?
+                let now_served = served();
+                let first = registered.is_none();
+                match registered {
+                    Some(r) => r.clone_from(w),
+                    None => *registered = Some(w.clone()),
+                }
+                let newly_unattended = !now_served && (first || *was_served);
+                if now_served && !first && !*was_served {
+                    self.unattended.fetch_sub(1, Ordering::SeqCst);
+                }
+                if newly_unattended {
+                    self.unattended.fetch_add(1, Ordering::SeqCst);
+                }
+                *was_served = now_served;
+                if newly_unattended {
+                    Look::Unattended
+                } else {
+                    Look::Waiting
+                }
             }
             State::Free | State::Orphaned => unreachable!("slot {index} taken twice"),
         }
+    }
+
+    /// Hands every waiter a reactor was serving to the driver's own reaper (the reactor left:
+    /// its runtime shut down, or the driver did). Returns how many there were.
+    pub(crate) fn unserve_all(&self) -> usize {
+        let mut moved = 0;
+        for index in 0..self.slots.len() as u32 {
+            let mut slot = self.lock(index);
+            if let State::InFlight { served, .. } = &mut slot.state {
+                if *served {
+                    *served = false;
+                    moved += 1;
+                    self.unattended.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+        moved
     }
 
     /// The future's side when it is dropped before taking its result. Returns `true` when the
@@ -455,8 +524,11 @@ impl Slots {
                 self.release(index);
                 false
             }
-            State::InFlight { ref waker, .. } => {
-                if waker.is_none() {
+            State::InFlight { ref waker, served } => {
+                // An orphan is always the driver's own reaper's: the task that dropped it may
+                // belong to a runtime that is no longer driven, and its slot and buffer are
+                // held until the completion is reaped.
+                if waker.is_none() || served {
                     self.unattended.fetch_add(1, Ordering::SeqCst);
                 }
                 slot.state = State::Orphaned;
@@ -497,9 +569,12 @@ mod tests {
             panic!()
         };
         let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, OpBufs::None, fd());
-        assert!(slots.take_or_register(i, g, None).is_none());
+        assert!(slots
+            .take_or_register(i, g, None, || false)
+            .done()
+            .is_none());
         slots.complete(i, g, 7);
-        let f = slots.take_or_register(i, g, None).unwrap();
+        let f = slots.take_or_register(i, g, None, || false).done().unwrap();
         assert_eq!(f.res, 7);
         assert_eq!(slots.in_flight(), 0);
         assert_eq!(slots.lock(i).generation, g + 1);
@@ -527,14 +602,26 @@ mod tests {
             };
             if sync_first {
                 slots.complete(i, g, sync);
-                assert!(slots.take_or_register(i, g, None).is_none(), "half done");
+                assert!(
+                    slots
+                        .take_or_register(i, g, None, || false)
+                        .done()
+                        .is_none(),
+                    "half done"
+                );
                 slots.complete_linked_write(i, g, write);
             } else {
                 slots.complete_linked_write(i, g, write);
-                assert!(slots.take_or_register(i, g, None).is_none(), "half done");
+                assert!(
+                    slots
+                        .take_or_register(i, g, None, || false)
+                        .done()
+                        .is_none(),
+                    "half done"
+                );
                 slots.complete(i, g, sync);
             }
-            let f = slots.take_or_register(i, g, None).unwrap();
+            let f = slots.take_or_register(i, g, None, || false).done().unwrap();
             assert_eq!(f.res, expected, "write {write} sync {sync}");
             assert_eq!(slots.in_flight(), 0);
             assert!(!slots.lock(i).linked, "disarmed");
@@ -581,7 +668,7 @@ mod tests {
         let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, OpBufs::None, fd());
         slots.complete(i, g, 0);
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
-        slots.take_or_register(i, g, None).unwrap();
+        slots.take_or_register(i, g, None, || false).done().unwrap();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(slots.poll_acquire(&mut noop_cx(), &mut ticket).is_ready());
     }
@@ -615,7 +702,7 @@ mod tests {
         slots.cancel_wait(x.unwrap());
         let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, OpBufs::None, fd());
         slots.complete(i, g, 0);
-        slots.take_or_register(i, g, None).unwrap();
+        slots.take_or_register(i, g, None, || false).done().unwrap();
         assert_eq!(
             x_count.0.load(Ordering::SeqCst),
             0,
@@ -636,7 +723,7 @@ mod tests {
         assert!(slots
             .poll_acquire(&mut Context::from_waker(&y_waker), &mut w)
             .is_pending());
-        slots.take_or_register(j, g, None).unwrap(); // release pops z (x_waker)
+        slots.take_or_register(j, g, None, || false).done().unwrap(); // release pops z (x_waker)
         assert_eq!(x_count.0.load(Ordering::SeqCst), 1);
         slots.cancel_wait(z.unwrap()); // z will not use it: w must be woken
         assert_eq!(y_count.0.load(Ordering::SeqCst), 2);
@@ -685,7 +772,7 @@ mod loom_model {
             let waker = Waker::from(counter.clone());
             let s2 = slots.clone();
             let completer = loom::thread::spawn(move || s2.complete(i, g, 42));
-            let first = slots.take_or_register(i, g, Some(&waker));
+            let first = slots.take_or_register(i, g, Some(&waker), || false).done();
             completer.join().unwrap();
             let res = match first {
                 Some(f) => {
@@ -696,7 +783,11 @@ mod loom_model {
                 None => {
                     // We registered first: the completion must have woken us.
                     assert_eq!(counter.0.load(Ordering::SeqCst), 1);
-                    slots.take_or_register(i, g, None).expect("completed").res
+                    slots
+                        .take_or_register(i, g, None, || false)
+                        .done()
+                        .expect("completed")
+                        .res
                 }
             };
             assert_eq!(res, 42);
@@ -753,7 +844,7 @@ mod loom_model {
             });
             let counter = Arc::new(CountWake(LoomCount::new(0)));
             let waker = Waker::from(counter.clone());
-            match slots.take_or_register(i, g, Some(&waker)) {
+            match slots.take_or_register(i, g, Some(&waker), || false).done() {
                 Some(f) => {
                     assert_eq!(f.res, 512);
                     assert_eq!(halves.load(Ordering::SeqCst), 2, "both halves were in");
@@ -771,7 +862,10 @@ mod loom_model {
             if let State::Completed(res) = slots.lock(i).state {
                 assert_eq!(res, 512);
                 assert_eq!(counter.0.load(Ordering::SeqCst), 1, "woken once");
-                slots.take_or_register(i, g, None).expect("completed");
+                slots
+                    .take_or_register(i, g, None, || false)
+                    .done()
+                    .expect("completed");
             }
             assert_eq!(pool.available(), 1);
             assert_eq!(slots.in_flight(), 0);
@@ -790,7 +884,9 @@ mod loom_model {
             let s2 = slots.clone();
             let owner = loom::thread::spawn(move || {
                 s2.complete(i, g, 0);
-                s2.take_or_register(i, g, None).expect("completed");
+                s2.take_or_register(i, g, None, || false)
+                    .done()
+                    .expect("completed");
             });
             let mut ticket = None;
             let got = slots.poll_acquire(&mut Context::from_waker(&waker), &mut ticket);

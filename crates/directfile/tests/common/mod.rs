@@ -98,3 +98,110 @@ pub fn wait_idle(driver: &Driver) {
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
 }
+
+/// The executors the suites run the driver's futures on. With the features `tokio` and
+/// `async-io`, the tokio and smol runs go through the runtime's reactor (`docs/reactors.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Executor {
+    /// A tokio multi-thread runtime (2 workers, I/O driver on), the tasks spawned.
+    TokioMultiThread,
+    /// A tokio current-thread runtime (I/O driver on), the tasks spawned.
+    TokioCurrentThread,
+    /// A smol executor on one thread in `smol::block_on` (async-io's reactor with the
+    /// `async-io` feature: the drivers are built with `Reactor::AsyncIo`).
+    Smol,
+    /// `Driver::block_on`, the tasks joined in one future.
+    DriverBlockOn,
+    /// `futures::executor::block_on`, the tasks joined in one future.
+    Futures,
+}
+
+impl Executor {
+    pub const ALL: [Executor; 4] = [
+        Executor::TokioMultiThread,
+        Executor::TokioCurrentThread,
+        Executor::Smol,
+        Executor::DriverBlockOn,
+    ];
+
+    /// The suite's drivers (`drivers_with`), set up for this executor.
+    pub fn drivers_with(
+        self,
+        configure: impl Fn(directfile::DriverBuilder) -> directfile::DriverBuilder,
+    ) -> Vec<Driver> {
+        drivers_with(|b| self.configure(configure(b)))
+    }
+
+    /// The builder set up for this executor: async-io's reactor for smol (with the feature).
+    pub fn configure(self, builder: directfile::DriverBuilder) -> directfile::DriverBuilder {
+        #[cfg(feature = "async-io")]
+        if self == Executor::Smol {
+            return builder.reactor(directfile::Reactor::AsyncIo);
+        }
+        builder
+    }
+
+    /// Runs `tasks` concurrently to completion and returns their outputs in order.
+    pub fn run<T: Send + 'static>(
+        self,
+        driver: &Driver,
+        tasks: Vec<std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>>,
+    ) -> Vec<T> {
+        match self {
+            Executor::TokioMultiThread | Executor::TokioCurrentThread => {
+                let rt = tokio_runtime(self == Executor::TokioMultiThread);
+                rt.block_on(async {
+                    let handles: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
+                    let mut out = Vec::new();
+                    for h in handles {
+                        out.push(h.await.unwrap());
+                    }
+                    out
+                })
+            }
+            Executor::Smol => {
+                let ex = smol::Executor::new();
+                smol::block_on(ex.run(async {
+                    let handles: Vec<_> = tasks.into_iter().map(|t| ex.spawn(t)).collect();
+                    let mut out = Vec::new();
+                    for h in handles {
+                        out.push(h.await);
+                    }
+                    out
+                }))
+            }
+            Executor::DriverBlockOn => driver.block_on(futures::future::join_all(tasks)),
+            Executor::Futures => futures::executor::block_on(futures::future::join_all(tasks)),
+        }
+    }
+
+    /// Runs one future to completion: inside a spawned task on tokio, in `smol::block_on`,
+    /// or in `Driver::block_on`.
+    pub fn block_on<T: Send + 'static>(
+        self,
+        driver: &Driver,
+        fut: impl std::future::Future<Output = T> + Send + 'static,
+    ) -> T {
+        match self {
+            Executor::TokioMultiThread | Executor::TokioCurrentThread => {
+                tokio_runtime(self == Executor::TokioMultiThread)
+                    .block_on(async { tokio::spawn(fut).await.unwrap() })
+            }
+            Executor::Smol => smol::block_on(fut),
+            Executor::DriverBlockOn => driver.block_on(fut),
+            Executor::Futures => futures::executor::block_on(fut),
+        }
+    }
+}
+
+/// A tokio runtime with its I/O driver on, as `#[tokio::main]` makes it.
+pub fn tokio_runtime(multi_thread: bool) -> tokio::runtime::Runtime {
+    let mut builder = if multi_thread {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(2);
+        b
+    } else {
+        tokio::runtime::Builder::new_current_thread()
+    };
+    builder.enable_all().build().unwrap()
+}
