@@ -8,6 +8,7 @@
 
 mod gate;
 mod reactor;
+mod spin;
 mod threads;
 mod uring;
 
@@ -256,7 +257,7 @@ impl DriverBuilder {
             id: NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             slots: Slots::new(self.queue_depth, self.max_iovecs),
             engine,
-            spin: self.spin,
+            spin: spin::Spin::new(self.spin),
             closed: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             backend,
@@ -288,7 +289,7 @@ pub(crate) struct Shared {
     pub(crate) id: u64,
     pub(crate) slots: Slots,
     pub(crate) engine: Engine,
-    pub(crate) spin: Duration,
+    pub(crate) spin: spin::Spin,
     closed: AtomicBool,
     shutdown: AtomicBool,
     backend: Backend,

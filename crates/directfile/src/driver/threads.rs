@@ -108,14 +108,14 @@ impl Threads {
         // One worker at most spins, for no longer than 100 us, and only at queue depth 1 (the
         // operation this worker just finished is the only one): with more in flight, jobs
         // arrive while others run, and a spinning worker would only take a CPU from them.
-        if !shared.spin.is_zero()
+        if !shared.spin.budget().is_zero()
             && shared.slots.in_flight() <= 1
             && self
                 .spinning
                 .compare_exchange(0, 1, Ordering::AcqRel, Ordering::Acquire)
                 .is_ok()
         {
-            let budget = shared.spin.min(WORKER_SPIN_MAX);
+            let budget = shared.spin.budget().min(WORKER_SPIN_MAX);
             let start = Instant::now();
             while self.queued.load(Ordering::Acquire) == 0 && start.elapsed() < budget {
                 std::hint::spin_loop();

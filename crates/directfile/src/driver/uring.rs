@@ -857,7 +857,7 @@ impl Uring {
 
     /// Submits what is queued, then waits up to `shared.spin` for a completion without
     /// sleeping. The caller holds the `cq` lock. Returns whether a completion arrived.
-    fn spin_for_one(&self, shared: &Shared) -> bool {
+    fn spin_for_one(&self, shared: &Shared, budget: std::time::Duration) -> bool {
         self.queued.store(0, Ordering::Relaxed);
         self.enter_submit(Room::Drain(shared));
         let start = std::time::Instant::now();
@@ -867,7 +867,7 @@ impl Uring {
             if !unsafe { self.ring.completion_shared() }.is_empty() {
                 return true;
             }
-            if start.elapsed() >= shared.spin {
+            if start.elapsed() >= budget {
                 return false;
             }
             std::hint::spin_loop();
@@ -954,13 +954,16 @@ impl Uring {
             // One operation in flight: submit it and watch the completion queue for a short
             // while, as a future does on other executors (`Op::poll`): cheaper than sleeping
             // in the kernel and being woken, on these machines.
-            if !shared.spin.is_zero()
-                && shared.slots.in_flight() == 1
-                && !local.notified.load(Ordering::SeqCst)
-                && self.spin_for_one(shared)
-            {
-                self.drain(shared);
-                continue;
+            // A spin that runs out of budget backs the next ones off (`driver::spin`).
+            if shared.slots.in_flight() == 1 && !local.notified.load(Ordering::SeqCst) {
+                if let Some(budget) = shared.spin.start() {
+                    let caught = self.spin_for_one(shared, budget);
+                    shared.spin.ended(caught);
+                    if caught {
+                        self.drain(shared);
+                        continue;
+                    }
+                }
             }
             local.in_ring.store(true, Ordering::SeqCst);
             self.gate.entering();

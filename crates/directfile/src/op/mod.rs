@@ -148,19 +148,23 @@ impl Future for Op {
         // At queue depth 1 nothing else can make progress: wait for the completion on this
         // thread for a short while rather than pay two thread wake-ups. (Otherwise one look at
         // the slot, below, takes the result or registers the waker under a single lock.)
-        if !shared.spin.is_zero() && shared.slots.in_flight() == 1 && shared.engine.may_spin() {
-            let start = Instant::now();
-            loop {
-                done = shared
-                    .slots
-                    .take_or_register(index, generation, None, || false)
-                    .done();
-                if done.is_some() || start.elapsed() >= shared.spin {
-                    break;
+        // A spin that runs out of budget backs the next ones off (`driver::spin`).
+        if shared.slots.in_flight() == 1 && shared.engine.may_spin() {
+            if let Some(budget) = shared.spin.start() {
+                let start = Instant::now();
+                loop {
+                    done = shared
+                        .slots
+                        .take_or_register(index, generation, None, || false)
+                        .done();
+                    if done.is_some() || start.elapsed() >= budget {
+                        break;
+                    }
+                    std::hint::spin_loop();
+                    shared.engine.run_task_work();
+                    shared.engine.reap(shared);
                 }
-                std::hint::spin_loop();
-                shared.engine.run_task_work();
-                shared.engine.reap(shared);
+                shared.spin.ended(done.is_some());
             }
         }
         let done = match done {

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# A/B of directfile builds (and fio) on one file, alternated round by round: the way a change on
+# the hot path is measured before and after. Prints one line per run (name, IOPS, p50 µs, CPU µs
+# per write) and, at the end, the medians.
+#
+#   scripts/ab-bench.sh FILE BIN_OR_fio...
+#   QD=32 DSYNC=1 ROUNDS=6 RUNTIME=2 BACKEND=uring scripts/ab-bench.sh /mnt/disk/ab.dat old/directfile new/directfile fio
+#
+# fio runs psync at QD1 and io_uring at higher depths (direct=1, 4 KiB random writes).
+set -euo pipefail
+file=${1:?usage: ab-bench.sh FILE BIN_OR_fio...}
+shift
+qd=${QD:-1}
+rounds=${ROUNDS:-5}
+runtime=${RUNTIME:-2}
+backend=${BACKEND:-uring}
+dsync_flag=""
+fio_sync=""
+if [ "${DSYNC:-0}" = 1 ]; then dsync_flag=--dsync; fio_sync=--sync=dsync; fi
+[ -f "$file" ] || fallocate -l 256M "$file"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+for _ in $(seq 1 "$rounds"); do
+  for b in "$@"; do
+    if [ "$b" = fio ]; then
+      if [ "$qd" = 1 ]; then engine=--ioengine=psync; else engine="--ioengine=io_uring --iodepth=$qd"; fi
+      # shellcheck disable=SC2086
+      fio --name=ab --filename="$file" --rw=randwrite --bs=4k --direct=1 $fio_sync $engine \
+        --runtime="$runtime" --time_based --size=256m --output-format=json 2>/dev/null |
+        python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; w=j['write']; print('fio', round(w['iops']), w['clat_ns']['percentile']['50.000000']/1000, round((j['usr_cpu']+j['sys_cpu'])/100*j['elapsed']*1e6/max(w['total_ios'],1),2))"
+    else
+      # shellcheck disable=SC2086
+      "$b" bench --backend "$backend" --qd "$qd" $dsync_flag --runtime "${runtime}s" --json "$file" 2>/dev/null |
+        python3 -c "import json,sys; d=json.loads(sys.stdin.readline()); print(sys.argv[1], round(d['iops']), d['lat_us_p50'], round((d['cpu_usr_s']+d['cpu_sys_s'])*1e6/d['ops'],2))" "$b"
+    fi
+  done
+done | tee "$out"
+echo "medians:"
+python3 - "$out" <<'PY'
+import collections, statistics, sys
+runs = collections.defaultdict(list)
+for line in open(sys.argv[1]):
+    name, iops, p50, cpu = line.split()
+    runs[name].append((float(iops), float(p50), float(cpu)))
+for name, v in runs.items():
+    print(f"{name:40} IOPS {statistics.median(x[0] for x in v):9.0f}  p50 {statistics.median(x[1] for x in v):7.1f} us  CPU/write {statistics.median(x[2] for x in v):6.1f} us")
+PY
