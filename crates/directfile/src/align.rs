@@ -1,12 +1,13 @@
 //! Direct-I/O alignment: what it is for a file, and checking a request against it.
 
-use crate::{sys, Error, Result};
-use std::os::fd::RawFd;
+use crate::{Error, Result};
 
 /// The alignment direct I/O on a file requires.
 ///
-/// Found from `statx(STATX_DIOALIGN)` (Linux 6.1+, per file), else from the block device's
+/// On Linux: from `statx(STATX_DIOALIGN)` (Linux 6.1+, per file), else from the block device's
 /// logical block size (for both values), else 4096 (which satisfies every device we know).
+/// On Windows: from the volume (`FileStorageInfo`, else `IOCTL_STORAGE_QUERY_PROPERTY`'s
+/// access alignment), else its sector size (`GetDiskFreeSpaceW`), else 4096.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Alignment {
     /// Buffer addresses must be multiples of this (`stx_dio_mem_align`).
@@ -24,6 +25,13 @@ pub enum AlignmentSource {
     DeviceLogicalBlockSize,
     /// Nothing reported: the conservative 4096.
     Default,
+    /// Windows: `GetFileInformationByHandleEx(FileStorageInfo)` (logical sector size for
+    /// offsets and lengths, physical sector size for buffer addresses).
+    FileStorageInfo,
+    /// Windows: the volume's `IOCTL_STORAGE_QUERY_PROPERTY(StorageAccessAlignmentProperty)`.
+    StorageAccessAlignment,
+    /// Windows: the volume's bytes per sector (`GetDiskFreeSpaceW`).
+    SectorSize,
 }
 
 impl Alignment {
@@ -71,8 +79,12 @@ impl Alignment {
 }
 
 /// Finds the direct-I/O alignment of an open file. `Ok(None)`: the file system says it does not
-/// do direct I/O on this file.
-pub(crate) fn discover(fd: RawFd) -> std::io::Result<Option<(Alignment, AlignmentSource)>> {
+/// do direct I/O on this file. (Windows: `sys_windows::discover_alignment`.)
+#[cfg(target_os = "linux")]
+pub(crate) fn discover(
+    fd: std::os::fd::RawFd,
+) -> std::io::Result<Option<(Alignment, AlignmentSource)>> {
+    use crate::sys;
     match sys::statx_dioalign(fd) {
         Ok(Some((0, _))) | Ok(Some((_, 0))) => return Ok(None),
         Ok(Some((memory, offset))) => {

@@ -348,10 +348,12 @@ impl BufPool {
     }
 
     /// The `(address, length)` of the pool's memory region, for registration.
+    #[cfg(target_os = "linux")]
     pub(crate) fn region(&self) -> (*mut u8, usize) {
         (self.inner.base.as_ptr(), self.inner.layout.size())
     }
 
+    #[cfg(target_os = "linux")]
     pub(crate) fn set_registration(&self, reg: FixedRegistration) {
         let _ = self.inner.fixed.set(reg);
     }

@@ -19,6 +19,15 @@
 //!   then loses acknowledged writes: `tests/durability.rs` shows it on a FUSE file system that
 //!   keeps only what was synced.
 //! - Network, stacked and other file systems were not checked, so they get the explicit sync.
+//!
+//! On Windows the write-through bit is `FILE_FLAG_WRITE_THROUGH`. With `FILE_FLAG_NO_BUFFERING`
+//! too, Microsoft documents (`CreateFileW`, "Caching behavior") that the data goes to the disk
+//! without the system cache and that the system asks the disk to write through its own cache
+//! to persistent media: a promise of the API, for overlapped writes as for synchronous ones.
+//! It is taken as `SyncStrategy::Dsync` on NTFS and ReFS; every other file system (FAT,
+//! exFAT, network redirectors, third-party drivers) gets the explicit sync (`FlushFileBuffers`
+//! after each write), as on Linux for what was not checked. Nothing here observed a Windows
+//! disk's flushes; only real Windows can (`PLATFORMS.md`).
 
 /// How a write-through file's writes are made durable (see [`OpenOptions::sync_strategy`]
 /// and [`File::sync_strategy`]).
@@ -28,13 +37,16 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SyncStrategy {
     /// `O_DSYNC` alone: the file system makes each write durable before it completes it, on
-    /// every path (ext4, xfs, btrfs). One operation per write.
+    /// every path (ext4, xfs, btrfs). One operation per write. On Windows:
+    /// `FILE_FLAG_WRITE_THROUGH` alone (NTFS, ReFS).
     Dsync,
     /// `O_DSYNC` and, after each write, an explicit data sync; the write completes when the
     /// sync does. On io_uring a linked `WRITE` -> `FSYNC(DATASYNC)` pair (`IOSQE_IO_HARDLINK`,
     /// no allocation); on the thread pool `fdatasync(2)` after the `pwritev2(2)` (FUSE with
     /// `FOPEN_DIRECT_IO` sends no sync even for a synchronous `O_DSYNC` write). For file
-    /// systems that may skip the sync (FUSE) or were not checked.
+    /// systems that may skip the sync (FUSE) or were not checked. On Windows:
+    /// `FILE_FLAG_WRITE_THROUGH` and `FlushFileBuffers` after each write, on a worker thread
+    /// (both drivers), the write completing when the flush does.
     ExplicitSync,
 }
 
@@ -47,6 +59,7 @@ impl SyncStrategy {
     /// assert_eq!(SyncStrategy::for_file_system(0xef53).0, SyncStrategy::Dsync); // ext4
     /// assert_eq!(SyncStrategy::for_file_system(0x6573_5546).0, SyncStrategy::ExplicitSync); // FUSE
     /// ```
+    #[cfg(target_os = "linux")]
     pub fn for_file_system(magic: i64) -> (SyncStrategy, &'static str) {
         let btrfs_fixed = crate::sys::kernel_version().is_some_and(|v| v >= (6, 1));
         match crate::sys::fs_name(magic) {
@@ -69,13 +82,44 @@ impl SyncStrategy {
             ),
         }
     }
+
+    /// The strategy for a file on the Windows file system named `name` (as
+    /// `GetVolumeInformationByHandleW` names it: `NTFS`, `ReFS`, `FAT32`...), and why.
+    ///
+    /// ```
+    /// use directfile::SyncStrategy;
+    /// assert_eq!(SyncStrategy::for_file_system_name("NTFS").0, SyncStrategy::Dsync);
+    /// assert_eq!(SyncStrategy::for_file_system_name("exFAT").0, SyncStrategy::ExplicitSync);
+    /// ```
+    #[cfg(windows)]
+    pub fn for_file_system_name(name: &str) -> (SyncStrategy, &'static str) {
+        if name.eq_ignore_ascii_case("NTFS") || name.eq_ignore_ascii_case("ReFS") {
+            (
+                SyncStrategy::Dsync,
+                "Microsoft documents that a FILE_FLAG_WRITE_THROUGH write without the system \
+                 cache (FILE_FLAG_NO_BUFFERING) asks the disk to write through its own cache",
+            )
+        } else {
+            (
+                SyncStrategy::ExplicitSync,
+                "this file system's write-through path was not checked",
+            )
+        }
+    }
 }
 
 impl std::fmt::Display for SyncStrategy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        #[cfg(unix)]
+        let (dsync, explicit) = ("O_DSYNC", "O_DSYNC + explicit data sync per write");
+        #[cfg(windows)]
+        let (dsync, explicit) = (
+            "FILE_FLAG_WRITE_THROUGH",
+            "FILE_FLAG_WRITE_THROUGH + FlushFileBuffers per write",
+        );
         f.write_str(match self {
-            SyncStrategy::Dsync => "O_DSYNC",
-            SyncStrategy::ExplicitSync => "O_DSYNC + explicit data sync per write",
+            SyncStrategy::Dsync => dsync,
+            SyncStrategy::ExplicitSync => explicit,
         })
     }
 }

@@ -4,6 +4,20 @@ use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+/// How the platform names unbuffered I/O, its disk file systems, and an exclusive open.
+#[cfg(unix)]
+const DIRECT: &str = "O_DIRECT";
+#[cfg(unix)]
+const DISK_FILE_SYSTEMS: &str = "ext4, xfs, btrfs";
+#[cfg(unix)]
+const LOCK: &str = "exclusive flock";
+#[cfg(windows)]
+const DIRECT: &str = "FILE_FLAG_NO_BUFFERING";
+#[cfg(windows)]
+const DISK_FILE_SYSTEMS: &str = "NTFS, ReFS";
+#[cfg(windows)]
+const LOCK: &str = "opened without sharing";
+
 /// The result of a directfile operation.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -62,14 +76,15 @@ impl Error {
     pub fn raw_os_error(&self) -> Option<i32> {
         match self {
             Error::Io(e) => e.raw_os_error(),
-            Error::Canceled => Some(libc::ECANCELED),
+            Error::Canceled => Some(crate::sys::CANCELED),
             _ => None,
         }
     }
 
-    /// Builds the error for a negative errno returned by a syscall or a completion.
+    /// Builds the error for the OS error code of a failed call or completion (an errno, or a
+    /// Win32 error code on Windows, where `ERROR_OPERATION_ABORTED` is the cancelled one).
     pub(crate) fn from_errno(errno: i32) -> Error {
-        if errno == libc::ECANCELED {
+        if errno == crate::sys::CANCELED {
             Error::Canceled
         } else {
             Error::Io(io::Error::from_raw_os_error(errno))
@@ -101,6 +116,7 @@ impl Error {
     /// leaves uncategorised (a kind no caller can name): EIO and ENXIO are `Other` (the
     /// device failed), EBADF `PermissionDenied` (the descriptor does not allow the
     /// operation), EOPNOTSUPP and ENODEV `Unsupported`, EOVERFLOW `InvalidInput`.
+    #[cfg(unix)]
     pub fn errno_kind(errno: i32) -> io::ErrorKind {
         match errno {
             libc::EIO | libc::ENXIO => io::ErrorKind::Other,
@@ -108,6 +124,28 @@ impl Error {
             libc::EOPNOTSUPP | libc::ENODEV => io::ErrorKind::Unsupported,
             libc::EOVERFLOW => io::ErrorKind::InvalidInput,
             other => io::Error::from_raw_os_error(other).kind(),
+        }
+    }
+
+    /// The `io::ErrorKind` of a Win32 error code: std's, except for the errors of file I/O
+    /// that std leaves uncategorised (a kind no caller can name): `ERROR_CRC`,
+    /// `ERROR_IO_DEVICE` and `ERROR_DEVICE_NOT_CONNECTED` are `Other` (the device failed, as
+    /// EIO), `ERROR_NOT_SUPPORTED` and `ERROR_INVALID_FUNCTION` `Unsupported` (the file
+    /// system has no such operation), `ERROR_HANDLE_EOF` `UnexpectedEof`,
+    /// `ERROR_NEGATIVE_SEEK` and `ERROR_ARITHMETIC_OVERFLOW` `InvalidInput` (an offset out of
+    /// range, as EOVERFLOW).
+    #[cfg(windows)]
+    pub fn errno_kind(errno: i32) -> io::ErrorKind {
+        use windows_sys::Win32::Foundation::{
+            ERROR_ARITHMETIC_OVERFLOW, ERROR_CRC, ERROR_DEVICE_NOT_CONNECTED, ERROR_HANDLE_EOF,
+            ERROR_INVALID_FUNCTION, ERROR_IO_DEVICE, ERROR_NEGATIVE_SEEK, ERROR_NOT_SUPPORTED,
+        };
+        match errno as u32 {
+            ERROR_CRC | ERROR_IO_DEVICE | ERROR_DEVICE_NOT_CONNECTED => io::ErrorKind::Other,
+            ERROR_NOT_SUPPORTED | ERROR_INVALID_FUNCTION => io::ErrorKind::Unsupported,
+            ERROR_HANDLE_EOF => io::ErrorKind::UnexpectedEof,
+            ERROR_NEGATIVE_SEEK | ERROR_ARITHMETIC_OVERFLOW => io::ErrorKind::InvalidInput,
+            _ => io::Error::from_raw_os_error(errno).kind(),
         }
     }
 }
@@ -128,17 +166,13 @@ impl fmt::Display for Error {
             Error::Closed => write!(f, "the directfile driver is closed"),
             Error::DirectIoUnsupported { path, reason } => write!(
                 f,
-                "{}: this file system does not support direct I/O (O_DIRECT): {reason}; \
-                 put the file on a disk file system (ext4, xfs, btrfs), \
+                "{}: this file system does not support direct I/O ({DIRECT}): {reason}; \
+                 put the file on a disk file system ({DISK_FILE_SYSTEMS}), \
                  or open it with direct(false) to accept buffered I/O",
                 path.display()
             ),
             Error::Locked { path } => {
-                write!(
-                    f,
-                    "{}: locked by another handle (exclusive flock)",
-                    path.display()
-                )
+                write!(f, "{}: locked by another handle ({LOCK})", path.display())
             }
             Error::Unsupported(why) => write!(f, "unsupported: {why}"),
             Error::NotOpenedFor {
@@ -173,7 +207,7 @@ impl From<Error> for io::Error {
     fn from(e: Error) -> io::Error {
         match e {
             Error::Io(e) => e,
-            Error::Canceled => io::Error::from_raw_os_error(libc::ECANCELED),
+            Error::Canceled => io::Error::from_raw_os_error(crate::sys::CANCELED),
             other => io::Error::new(other.kind(), other.to_string()),
         }
     }
@@ -197,6 +231,7 @@ mod tests {
         assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
     }
 
+    #[cfg(unix)]
     #[test]
     fn canceled_round_trips_through_errno() {
         assert!(matches!(

@@ -1,15 +1,21 @@
 //! The public face: [`OpenOptions`] and [`File`].
 
-use crate::align::{self, Alignment, AlignmentSource};
+#[cfg(target_os = "linux")]
+use crate::align;
+use crate::align::{Alignment, AlignmentSource};
 use crate::buf::AlignedBuf;
 use crate::driver::{Backend, Driver};
 use crate::op::slot::{OpBufs, OpDesc};
 use crate::op::Op;
 use crate::{sys, BufResult, Error, Result, SyncStrategy};
 use std::future::Future;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+#[cfg(target_os = "linux")]
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+#[cfg(windows)]
+mod windows;
 
 /// Options for opening a [`File`], like `std::fs::OpenOptions` plus the direct-I/O ones.
 #[derive(Clone, Debug)]
@@ -134,6 +140,7 @@ impl OpenOptions {
     }
 
     /// Opens the file (a blocking `open(2)`, like every file system's metadata operation).
+    /// (Windows: `file/windows.rs`, `CreateFileW`.)
     ///
     /// A file system that cannot do direct I/O is refused before anything is created or
     /// truncated; a file this call created is removed again if the open is refused after it
@@ -146,6 +153,7 @@ impl OpenOptions {
     /// (tmpfs); [`Error::Locked`] when `lock(true)` and another handle holds the lock;
     /// [`Error::Io`] of kind `InvalidInput` when `create`, `create_new` or `truncate` is asked
     /// without `write`.
+    #[cfg(target_os = "linux")]
     pub fn open(&self, path: impl AsRef<Path>) -> Result<File> {
         let path = path.as_ref();
         let with_path = |e: std::io::Error| {
@@ -154,15 +162,7 @@ impl OpenOptions {
                 format!("{}: {e}", path.display()),
             ))
         };
-        if !self.write && (self.create || self.create_new || self.truncate) {
-            return Err(Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!(
-                    "{}: creating or truncating a file needs write access (OpenOptions::write(true))",
-                    path.display()
-                ),
-            )));
-        }
+        self.check_create_access(path)?;
         let driver = match &self.driver {
             Some(d) => d.clone(),
             None => Driver::global()?,
@@ -278,6 +278,22 @@ impl OpenOptions {
     }
 }
 
+impl OpenOptions {
+    /// Refuses `create`, `create_new` or `truncate` without `write`, before anything is opened.
+    fn check_create_access(&self, path: &Path) -> Result<()> {
+        if !self.write && (self.create || self.create_new || self.truncate) {
+            return Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "{}: creating or truncating a file needs write access (OpenOptions::write(true))",
+                    path.display()
+                ),
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// The offset that means "at the current position" (-1 as `loff_t`), for pipes and FIFOs.
 const CURRENT_POSITION: u64 = u64::MAX;
 
@@ -295,7 +311,7 @@ impl Drop for Unwanted<'_> {
 }
 
 struct FileInner {
-    fd: Arc<OwnedFd>,
+    fd: Arc<sys::OwnedHandle>,
     driver: Driver,
     alignment: Alignment,
     alignment_source: AlignmentSource,
@@ -374,6 +390,7 @@ impl File {
     }
 
     /// The raw descriptor (for inspection; do not close it).
+    #[cfg(unix)]
     pub fn as_raw_fd(&self) -> RawFd {
         self.inner.fd.as_raw_fd()
     }
@@ -382,6 +399,7 @@ impl File {
     ///
     /// # Errors
     /// The OS error of `fstat`.
+    #[cfg(target_os = "linux")]
     pub fn len(&self) -> Result<u64> {
         Ok(sys::fstat(self.as_raw_fd())?.st_size as u64)
     }
@@ -389,7 +407,7 @@ impl File {
     /// Whether the file is empty.
     ///
     /// # Errors
-    /// The OS error of `fstat`.
+    /// The OS error of `fstat` (`GetFileSizeEx` on Windows).
     pub fn is_empty(&self) -> Result<bool> {
         Ok(self.len()? == 0)
     }
@@ -802,7 +820,7 @@ impl File {
         async move {
             match op? {
                 Some(op) => op.await,
-                None => sys::ftruncate(fd.as_raw_fd(), len).map_err(Error::Io),
+                None => sys::ftruncate(sys::raw(&fd), len).map_err(Error::Io),
             }
         }
     }

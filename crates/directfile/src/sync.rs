@@ -7,6 +7,8 @@ pub(crate) use loom::sync::{
     Condvar, Mutex, MutexGuard,
 };
 #[cfg(not(directfile_loom))]
+// `fence` and `AtomicU64`: io_uring's gate and the runtime reactors (Linux only).
+#[cfg_attr(not(target_os = "linux"), allow(unused_imports))]
 pub(crate) use std::sync::{
     atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering},
     Condvar, Mutex, MutexGuard,

@@ -253,6 +253,32 @@ pub(crate) fn eventfd() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+// The names the portable code uses; `sys_windows.rs` provides the same list for Windows.
+
+/// An open file as the drivers hold it: a descriptor.
+pub(crate) type OwnedHandle = OwnedFd;
+/// What a submission carries: the descriptor's number.
+pub(crate) type RawHandle = RawFd;
+/// The "no file" value of a free slot.
+pub(crate) const NO_HANDLE: RawHandle = -1;
+/// One buffer of a vectored write, as `pwritev2(2)` and `IORING_OP_WRITEV` take it.
+pub(crate) type IoVec = libc::iovec;
+/// The OS error code of an operation cancelled before it completed (`ECANCELED`).
+pub(crate) const CANCELED: i32 = libc::ECANCELED;
+
+/// The raw descriptor of `handle`.
+pub(crate) fn raw(handle: &OwnedHandle) -> RawHandle {
+    handle.as_raw_fd()
+}
+
+/// The iovec of `len` bytes at `ptr`.
+pub(crate) fn io_vec(ptr: *mut u8, len: usize) -> IoVec {
+    libc::iovec {
+        iov_base: ptr.cast(),
+        iov_len: len,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

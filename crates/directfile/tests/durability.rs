@@ -6,6 +6,9 @@
 //! right on ext4/xfs/btrfs) acknowledged writes are lost at the power cut; with the strategy
 //! chosen for FUSE (`ExplicitSync`: a linked write + fsync) none is, and on the thread pool
 //! none is either way.
+//!
+//! Linux only: FUSE and `directfile-testfs` are Linux's.
+#![cfg(target_os = "linux")]
 
 mod common;
 

@@ -2,6 +2,8 @@
 //! A child process installs a filter that makes `io_uring_setup` fail with EPERM, and checks
 //! that files still work on the thread pool and that the driver says why.
 
+#![cfg(target_os = "linux")]
+
 mod common;
 
 use directfile::{Backend, BackendChoice, Driver, Error, OpenOptions};

@@ -10,13 +10,24 @@ use directfile::fault::{Fault, FaultPlan};
 use directfile::Error;
 use std::time::Duration;
 
+/// Three OS errors to inject: EIO, ENOSPC, EINTR (on Windows ERROR_IO_DEVICE, ERROR_DISK_FULL,
+/// ERROR_SEM_TIMEOUT).
+#[cfg(unix)]
+const ERRORS: [i32; 3] = [libc::EIO, libc::ENOSPC, libc::EINTR];
+#[cfg(windows)]
+const ERRORS: [i32; 3] = [
+    windows_sys::Win32::Foundation::ERROR_IO_DEVICE as i32,
+    windows_sys::Win32::Foundation::ERROR_DISK_FULL as i32,
+    windows_sys::Win32::Foundation::ERROR_SEM_TIMEOUT as i32,
+];
+
 #[test]
 fn each_injected_fault_reaches_its_own_future_once() {
     let plan = || {
         FaultPlan::new()
-            .at(3, Fault::Errno(libc::EIO))
-            .at(5, Fault::Errno(libc::ENOSPC))
-            .at(7, Fault::Errno(libc::EINTR))
+            .at(3, Fault::Errno(ERRORS[0]))
+            .at(5, Fault::Errno(ERRORS[1]))
+            .at(7, Fault::Errno(ERRORS[2]))
             .at(9, Fault::Short)
     };
     for driver in drivers_with(|b| b.fault_plan(plan())) {
@@ -29,9 +40,9 @@ fn each_injected_fault_reaches_its_own_future_once() {
                 let (r, buf) = file.write_at(buf, i * 8192).await;
                 assert_eq!(buf.len(), 8192, "op {i}: buffer back");
                 match (i, r) {
-                    (3, Err(e)) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "op 3: {e}"),
-                    (5, Err(e)) => assert_eq!(e.raw_os_error(), Some(libc::ENOSPC), "op 5: {e}"),
-                    (7, Err(e)) => assert_eq!(e.raw_os_error(), Some(libc::EINTR), "op 7: {e}"),
+                    (3, Err(e)) => assert_eq!(e.raw_os_error(), Some(ERRORS[0]), "op 3: {e}"),
+                    (5, Err(e)) => assert_eq!(e.raw_os_error(), Some(ERRORS[1]), "op 5: {e}"),
+                    (7, Err(e)) => assert_eq!(e.raw_os_error(), Some(ERRORS[2]), "op 7: {e}"),
                     (9, Ok(n)) => assert_eq!(n, 4096, "op 9: short write"),
                     (_, Ok(n)) => assert_eq!(n, 8192, "op {i}"),
                     (i, Err(e)) => panic!("op {i}: unexpected {e} on {}", driver.backend()),
@@ -152,7 +163,7 @@ fn faults_reach_the_write_of_an_explicitly_synced_write() {
     // Completion 0 (the first write, or its write half) fails with EIO; 2 comes back short.
     let plan = || {
         FaultPlan::new()
-            .at(0, Fault::Errno(libc::EIO))
+            .at(0, Fault::Errno(ERRORS[0]))
             .at(2, Fault::Short)
     };
     for driver in drivers_with(|b| b.fault_plan(plan())) {
@@ -171,7 +182,7 @@ fn faults_reach_the_write_of_an_explicitly_synced_write() {
             let (r, buf) = file.write_at(buf, 0).await;
             assert_eq!(
                 r.unwrap_err().raw_os_error(),
-                Some(libc::EIO),
+                Some(ERRORS[0]),
                 "{}",
                 driver.backend()
             );

@@ -183,6 +183,42 @@ fn write_to_read_only_file_is_refused_before_submission_and_returns_the_buffer()
     }
 }
 
+/// `create` opens an existing file as it is, `truncate` empties it, `create_new` refuses it;
+/// each makes a missing file (on Windows: `OPEN_ALWAYS`, then the end of file set to 0, and
+/// `CREATE_NEW`).
+#[test]
+fn create_truncate_and_create_new_do_what_they_say() {
+    for driver in drivers() {
+        let dir = scratch_dir("dispositions");
+        let path = dir.join("f");
+        std::fs::write(&path, [3u8; 8192]).unwrap();
+        let open = |configure: &dyn Fn(&mut OpenOptions) -> &mut OpenOptions| {
+            let mut opts = OpenOptions::new();
+            opts.read(true).write(true).driver(&driver);
+            configure(&mut opts).open(&path)
+        };
+        let kept = open(&|o| o.create(true)).unwrap();
+        assert_eq!(kept.len().unwrap(), 8192, "create keeps an existing file");
+        drop(kept);
+        let err = open(&|o| o.create_new(true)).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::AlreadyExists, "{err}");
+        assert!(
+            err.to_string().contains(&path.display().to_string()),
+            "{err}"
+        );
+        let emptied = open(&|o| o.truncate(true)).unwrap();
+        assert_eq!(emptied.len().unwrap(), 0, "truncate empties it");
+        drop(emptied);
+        std::fs::remove_file(&path).unwrap();
+        assert!(open(&|o| o.truncate(true)).is_err(), "no create: no file");
+        assert!(!path.exists());
+        open(&|o| o.create(true).truncate(true)).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let new = open(&|o| o.create_new(true)).unwrap();
+        assert_eq!(new.len().unwrap(), 0);
+    }
+}
+
 #[test]
 fn second_locked_open_is_refused() {
     for driver in drivers() {
@@ -206,6 +242,7 @@ fn second_locked_open_is_refused() {
     }
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn write_through_sets_o_dsync_not_o_sync() {
     let dir = scratch_dir("dsync");
@@ -226,6 +263,7 @@ fn write_through_sets_o_dsync_not_o_sync() {
     assert_ne!(flags & libc::O_DIRECT, 0, "O_DIRECT set: {flags:o}");
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn tmpfs_is_refused_with_the_path_and_the_remedy() {
     let shm = std::path::Path::new("/dev/shm");
@@ -295,7 +333,10 @@ fn backend_reports_itself() {
     for driver in drivers() {
         assert!(!driver.backend_reason().is_empty());
         let name = driver.backend().to_string();
-        assert!(name == "uring" || name == "threads");
+        assert!(
+            ["uring", "threads", "iocp"].contains(&name.as_str()),
+            "{name}"
+        );
     }
 }
 
@@ -353,9 +394,8 @@ fn sync_strategy_is_chosen_from_the_file_system_and_can_be_forced() {
         assert_eq!(buffered_through.sync_strategy(), None, "not write-through");
         opts.write_through(true);
         let chosen = opts.open(dir.join("chosen")).unwrap();
-        let magic = directfile::sys::fs_name_of(chosen.as_raw_fd()).unwrap();
-        let expected = SyncStrategy::for_file_system(magic.1).0;
-        assert_eq!(chosen.sync_strategy(), Some(expected), "on {}", magic.0);
+        let (expected, file_system) = strategy_for_the_file_system_of(&chosen);
+        assert_eq!(chosen.sync_strategy(), Some(expected), "on {file_system}");
         // Forced: an explicit data sync after every write (a linked write + fsync on io_uring),
         // for plain and vectored writes; the counts and the data are as without it.
         let file = opts
@@ -395,6 +435,27 @@ fn sync_strategy_is_chosen_from_the_file_system_and_can_be_forced() {
         });
         assert_eq!(driver.in_flight(), 0);
     }
+}
+
+/// The strategy the file system of `file` calls for, and the file system's name.
+#[cfg(target_os = "linux")]
+fn strategy_for_the_file_system_of(file: &directfile::File) -> (directfile::SyncStrategy, String) {
+    let (name, magic) = directfile::sys::fs_name_of(file.as_raw_fd()).unwrap();
+    (
+        directfile::SyncStrategy::for_file_system(magic).0,
+        name.to_string(),
+    )
+}
+
+/// The strategy the file system of `file` calls for, and the file system's name.
+#[cfg(windows)]
+fn strategy_for_the_file_system_of(file: &directfile::File) -> (directfile::SyncStrategy, String) {
+    use std::os::windows::io::AsHandle;
+    let name = directfile::sys::fs_name_of(file.as_handle()).unwrap();
+    (
+        directfile::SyncStrategy::for_file_system_name(&name).0,
+        name,
+    )
 }
 
 /// Dropping write-through writes with an explicit sync while they are in flight (on io_uring,

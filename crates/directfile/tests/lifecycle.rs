@@ -138,10 +138,15 @@ fn pending_is_woken_on_completion() {
             }
         };
         assert_eq!(n, 1 << 20);
+        // Under Wine a file write is done inside WriteFile and the reaper may record its packet
+        // before the first look; the pending case is asserted there on a named pipe
+        // (`driver::iocp::tests::pending_completes_by_its_packet_and_wakes_the_task`).
+        #[cfg(not(windows))]
         assert!(
             polls >= 2,
             "a 1 MiB O_DSYNC write was expected to be pending at first"
         );
+        #[cfg(not(windows))]
         assert!(counts.clones.load(Ordering::SeqCst) >= 1);
     }
 }
@@ -170,6 +175,7 @@ fn dropped_future_cancels_and_the_buffer_returns_to_its_pool() {
 }
 
 /// Threads named `directfile-*` in this process.
+#[cfg(target_os = "linux")]
 fn driver_threads() -> usize {
     std::fs::read_dir("/proc/self/task")
         .unwrap()
@@ -180,10 +186,7 @@ fn driver_threads() -> usize {
 
 #[test]
 fn dropping_file_and_driver_with_operations_in_flight_loses_and_leaks_nothing() {
-    for choice in [
-        directfile::BackendChoice::Uring,
-        directfile::BackendChoice::Threads,
-    ] {
+    for choice in [common::NATIVE, directfile::BackendChoice::Threads] {
         let Ok(driver) = Driver::builder()
             .backend(choice)
             .threads(4)
@@ -245,7 +248,9 @@ fn dropping_file_and_driver_with_operations_in_flight_loses_and_leaks_nothing() 
     }
     // Every driver thread of this test has exited (other tests' drivers may still run, so
     // only wait for the count to stop including ours: none of them spawn more than 4+1).
+    #[cfg(target_os = "linux")]
     let deadline = Instant::now() + Duration::from_secs(10);
+    #[cfg(target_os = "linux")]
     while driver_threads() > 64 {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(5));

@@ -3,6 +3,10 @@
 //! future waits outside the runtime, in a second runtime, or when the runtime shuts down.
 //!
 //! `cargo test -p directfile --release --features tokio,async-io --test reactors`
+//!
+//! Linux only: the reactors wait on io_uring's eventfd. On Windows the features turn nothing
+//! on; `tests/windows.rs` shows the futures on tokio and smol woken by the driver's threads.
+#![cfg(target_os = "linux")]
 
 mod common;
 

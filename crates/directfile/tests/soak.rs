@@ -12,14 +12,50 @@ use std::time::{Duration, Instant};
 const DEPTH: usize = 256;
 const REGION_BLOCKS: u64 = 16 * 1024; // 64 MiB of 4 KiB blocks
 
+#[cfg(target_os = "linux")]
 fn rss_bytes() -> u64 {
     let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
     let pages: u64 = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
     pages * 4096
 }
 
+#[cfg(target_os = "linux")]
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").unwrap().count()
+}
+
+/// The working set (`GetProcessMemoryInfo`).
+#[cfg(windows)]
+fn rss_bytes() -> u64 {
+    use windows_sys::Win32::System::ProcessStatus::{
+        GetProcessMemoryInfo, PROCESS_MEMORY_COUNTERS,
+    };
+    let mut counters = PROCESS_MEMORY_COUNTERS::default();
+    // SAFETY: `counters` is writable and of the size passed; the pseudo-handle of this process.
+    let ok = unsafe {
+        GetProcessMemoryInfo(
+            windows_sys::Win32::System::Threading::GetCurrentProcess(),
+            &mut counters,
+            size_of::<PROCESS_MEMORY_COUNTERS>() as u32,
+        )
+    };
+    assert!(ok != 0, "{}", std::io::Error::last_os_error());
+    counters.WorkingSetSize as u64
+}
+
+/// The handles this process holds (`GetProcessHandleCount`).
+#[cfg(windows)]
+fn open_fds() -> usize {
+    let mut count = 0u32;
+    // SAFETY: `count` is writable; the pseudo-handle of this process.
+    let ok = unsafe {
+        windows_sys::Win32::System::Threading::GetProcessHandleCount(
+            windows_sys::Win32::System::Threading::GetCurrentProcess(),
+            &mut count,
+        )
+    };
+    assert!(ok != 0, "{}", std::io::Error::last_os_error());
+    count as usize
 }
 
 #[test]

@@ -1,12 +1,12 @@
 //! Tasks waiting for a slot (backpressure) are never stranded: not by a waiter that gives up,
-//! not by closing the driver. An operation is held in flight by reading an empty FIFO.
+//! not by closing the driver. An operation is held in flight by reading an empty FIFO (a
+//! named pipe on Windows).
 
 mod common;
 
-use common::{drivers_with, scratch_dir};
-use directfile::{Driver, File, OpenOptions};
+use common::{drivers_with, held_pipe, HeldPipe, AT_POSITION};
+use directfile::{Driver, File};
 use std::future::Future;
-use std::io::Write;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Wake, Waker};
@@ -24,23 +24,6 @@ fn counting_waker() -> (Arc<Count>, Waker) {
     (count.clone(), Waker::from(count))
 }
 
-/// A FIFO opened through the driver (buffered: a FIFO has no direct I/O) and its writer end.
-fn fifo(driver: &Driver, name: &str) -> (File, std::fs::File) {
-    let path = scratch_dir(name).join("fifo");
-    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .direct(false)
-        .driver(driver)
-        .open(&path)
-        .unwrap();
-    let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    (file, writer)
-}
-
 /// Polls `fut` until the driver has nothing in flight (the held read completed).
 fn finish<F: Future + Unpin>(driver: &Driver, fut: &mut F, waker: &Waker) {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -54,9 +37,6 @@ fn finish<F: Future + Unpin>(driver: &Driver, fut: &mut F, waker: &Waker) {
     }
 }
 
-/// Offset -1: "at the file position", which a FIFO needs (preadv2 refuses a real offset on it).
-const AT_POSITION: u64 = u64::MAX;
-
 /// A one-byte buffer: a read of it blocks on an empty FIFO.
 fn one_byte(file: &File) -> directfile::AlignedBuf {
     let mut buf = file.alloc_buf(1);
@@ -68,10 +48,10 @@ fn one_slot() -> Vec<Driver> {
     drivers_with(|b| b.queue_depth(1).threads(1).spin(Duration::ZERO))
 }
 
-/// A read held in flight on an empty FIFO (the driver's one slot), and two more reads queued
+/// A read held in flight on an empty pipe (the driver's one slot), and two more reads queued
 /// for the slot behind it, each polled once with its own counting waker.
 struct Queued {
-    writer: std::fs::File,
+    pipe: HeldPipe,
     held: ReadFuture,
     held_waker: Waker,
     waiting: [(ReadFuture, Arc<Count>, Waker); 2],
@@ -82,7 +62,8 @@ type ReadFuture = std::pin::Pin<
 >;
 
 fn hold_one_and_queue_two(driver: &Driver, name: &str) -> Queued {
-    let (file, writer) = fifo(driver, name);
+    let pipe = held_pipe(driver, name);
+    let file = pipe.file.clone();
     let read = || -> ReadFuture { Box::pin(file.read_at(one_byte(&file), AT_POSITION)) };
     let (_, held_waker) = counting_waker();
     let mut held = read();
@@ -99,7 +80,7 @@ fn hold_one_and_queue_two(driver: &Driver, name: &str) -> Queued {
         (fut, count, waker)
     });
     Queued {
-        writer,
+        pipe,
         held,
         held_waker,
         waiting,
@@ -110,14 +91,14 @@ fn hold_one_and_queue_two(driver: &Driver, name: &str) -> Queued {
 fn a_waiter_that_gives_up_does_not_strand_the_next() {
     for driver in one_slot() {
         let Queued {
-            mut writer,
+            mut pipe,
             mut held,
             held_waker,
             waiting,
         } = hold_one_and_queue_two(&driver, "waiters-give-up");
         let [x, (_y, y_count, _y_waker)] = waiting;
         drop(x); // a timeout fired, or it lost a select!
-        writer.write_all(&[1]).unwrap();
+        pipe.release();
         finish(&driver, &mut held, &held_waker);
         assert_eq!(
             y_count.0.load(Ordering::SeqCst),
@@ -132,7 +113,7 @@ fn a_waiter_that_gives_up_does_not_strand_the_next() {
 fn closing_the_driver_wakes_every_waiter() {
     for driver in one_slot() {
         let Queued {
-            mut writer,
+            mut pipe,
             mut held,
             held_waker,
             waiting,
@@ -145,7 +126,7 @@ fn closing_the_driver_wakes_every_waiter() {
                 Poll::Pending => panic!("{}: a waiter still waits after close", driver.backend()),
             }
         }
-        writer.write_all(&[1]).unwrap();
+        pipe.release();
         finish(&driver, &mut held, &held_waker);
     }
 }

@@ -1,21 +1,62 @@
 //! The driver: the slot table plus one backend that carries operations to the kernel.
 //!
 //! Backends share one small interface (`prepare`, `submit`, `cancel`, `reap`, `start`,
-//! `shutdown`), dispatched by a `match` on [`Engine`] so the hot path has no virtual call. A
-//! completion-port backend for Windows would be a third variant with the same five functions:
-//! `prepare` fills an OVERLAPPED from the slot, `submit` calls `WriteFile`, `reap` drains
-//! `GetQueuedCompletionStatusEx`, `cancel` calls `CancelIoEx`.
+//! `shutdown`), dispatched by a `match` on [`Engine`] so the hot path has no virtual call.
+//! Each platform has its native backend and the thread pool: io_uring (`uring.rs`) on Linux,
+//! the I/O completion port (`iocp.rs`) on Windows, where `prepare` fills the slot's
+//! `OVERLAPPED`, `submit` calls `WriteFile`/`ReadFile`, the port's waiters drain
+//! `GetQueuedCompletionStatusEx`, and `cancel` calls `CancelIoEx`.
 
+#[cfg(target_os = "linux")]
 mod gate;
+#[cfg(windows)]
+mod iocp;
+// The runtime reactors register io_uring's eventfd: Linux only (`Reactor` says what the other
+// backends do with the choice).
+#[cfg(target_os = "linux")]
 mod reactor;
 mod spin;
 mod threads;
+#[cfg(target_os = "linux")]
 mod uring;
 
-pub use reactor::Reactor;
+#[cfg(target_os = "linux")]
 pub use uring::io_uring_status;
 
-use crate::buf::{BufPool, FixedRegistration};
+/// Whether io_uring works here, and why not if it does not (for `probe`): never on Windows.
+#[cfg(not(target_os = "linux"))]
+pub fn io_uring_status() -> std::result::Result<(), String> {
+    Err("io_uring is a Linux interface".to_string())
+}
+
+/// The platform's own backend: io_uring on Linux.
+#[cfg(target_os = "linux")]
+const NATIVE: (BackendChoice, &str) = (BackendChoice::Uring, "io_uring");
+/// The platform's own backend: the I/O completion port on Windows.
+#[cfg(windows)]
+const NATIVE: (BackendChoice, &str) = (BackendChoice::Iocp, "the I/O completion port");
+
+/// Makes the platform's own backend, or says why it cannot work here.
+#[cfg(target_os = "linux")]
+fn native_engine(
+    slots: usize,
+    cooperative: bool,
+) -> std::result::Result<(Engine, Backend), String> {
+    uring::Uring::new(slots, cooperative).map(|u| (Engine::Uring(u), Backend::Uring))
+}
+
+/// Makes the platform's own backend, or says why it cannot work here.
+#[cfg(windows)]
+fn native_engine(
+    slots: usize,
+    _cooperative: bool,
+) -> std::result::Result<(Engine, Backend), String> {
+    iocp::Iocp::new(slots).map(|i| (Engine::Iocp(i), Backend::Iocp))
+}
+
+use crate::buf::BufPool;
+#[cfg(target_os = "linux")]
+use crate::buf::FixedRegistration;
 use crate::op::slot::{SlotInner, Slots};
 use crate::sync::{AtomicBool, Ordering};
 use crate::{Error, Result};
@@ -47,8 +88,12 @@ impl Drop for AbortOnUnwind {
 pub enum Backend {
     /// io_uring: operations are submitted to a ring and completed by the kernel.
     Uring,
-    /// A fixed pool of worker threads doing `pwritev2`/`preadv2`/`fdatasync`.
+    /// A fixed pool of worker threads doing `pwritev2`/`preadv2`/`fdatasync` (positional
+    /// `WriteFile`/`ReadFile`/`FlushFileBuffers` on Windows).
     Threads,
+    /// Windows' I/O completion port: overlapped `WriteFile`/`ReadFile` on files bound to the
+    /// driver's port, completed by packets (`GetQueuedCompletionStatusEx`).
+    Iocp,
 }
 
 impl fmt::Display for Backend {
@@ -56,6 +101,7 @@ impl fmt::Display for Backend {
         f.write_str(match self {
             Backend::Uring => "uring",
             Backend::Threads => "threads",
+            Backend::Iocp => "iocp",
         })
     }
 }
@@ -63,14 +109,18 @@ impl fmt::Display for Backend {
 /// Which backend to use when building a driver.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum BackendChoice {
-    /// io_uring when it works here, else threads (the reason is logged once). The environment
-    /// variable `DIRECTFILE_BACKEND=uring|threads` overrides `Auto`.
+    /// The platform's own backend when it works here (io_uring on Linux, the completion port
+    /// on Windows), else threads (the reason is logged once). The environment variable
+    /// `DIRECTFILE_BACKEND=uring|iocp|threads` overrides `Auto`.
     #[default]
     Auto,
-    /// io_uring, or an error that says why it cannot work here.
+    /// io_uring, or an error that says why it cannot work here (always on Windows).
     Uring,
     /// The thread pool.
     Threads,
+    /// The I/O completion port, or an error that says why it cannot work here (always off
+    /// Windows).
+    Iocp,
 }
 
 impl std::str::FromStr for BackendChoice {
@@ -80,11 +130,34 @@ impl std::str::FromStr for BackendChoice {
             "auto" | "" => Ok(BackendChoice::Auto),
             "uring" | "io_uring" => Ok(BackendChoice::Uring),
             "threads" => Ok(BackendChoice::Threads),
+            "iocp" => Ok(BackendChoice::Iocp),
             other => Err(Error::Unsupported(format!(
-                "unknown backend {other:?}: expected auto, uring or threads"
+                "unknown backend {other:?}: expected auto, uring, iocp or threads"
             ))),
         }
     }
+}
+
+/// Which reactors a driver may use (`DriverBuilder::reactor`).
+///
+/// A reactor reaps io_uring completions through an eventfd the ring signals: Linux only. On
+/// Windows (the completion port) and on the thread pool there is nothing to register with
+/// a runtime's reactor: every choice is accepted there and the driver's own threads wake the
+/// futures, as with [`Reactor::Thread`] (`crates/directfile/PLATFORMS.md`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum Reactor {
+    /// With the `tokio` feature: the reactor of the tokio runtime in which one of the
+    /// driver's futures first waits, for the futures of that runtime. Without it, the
+    /// driver's reaper thread. The default.
+    #[default]
+    Auto,
+    /// async-io's reactor (smol's, and that of every executor built on async-io), for every
+    /// future that waits outside `Driver::block_on`. Needs the `async-io` feature.
+    #[cfg(feature = "async-io")]
+    AsyncIo,
+    /// The driver's reaper thread, whatever the features.
+    Thread,
 }
 
 /// Builds a [`Driver`].
@@ -174,7 +247,8 @@ impl DriverBuilder {
     /// `async-io`), or the driver's reaper thread. Default [`Reactor::Auto`]: with the `tokio`
     /// feature, the reactor of the tokio runtime in which a future first waits serves that
     /// runtime's futures; every other future is woken by the reaper thread. Ignored by the
-    /// thread pool, whose workers wake the futures themselves.
+    /// thread pool, whose workers wake the futures themselves, and on Windows, where the
+    /// completion port's reaper thread does ([`Reactor`]).
     ///
     /// The rules (who reaps when, and how waiters go back to the reaper thread when a
     /// runtime shuts down): `docs/reactors.md`.
@@ -211,32 +285,37 @@ impl DriverBuilder {
             }
         }
         let threads = self.threads.unwrap_or(self.queue_depth.min(32));
-        let (engine, backend, mut reason) = match choice {
+        let (engine, backend, reason) = match choice {
             BackendChoice::Threads => (
                 Engine::Threads(threads::Threads::new(self.queue_depth, threads)),
                 Backend::Threads,
                 format!("threads forced by {forced_by}"),
             ),
-            BackendChoice::Uring => match uring::Uring::new(self.queue_depth, self.cooperative) {
-                Ok(u) => (
-                    Engine::Uring(u),
-                    Backend::Uring,
-                    format!("uring forced by {forced_by}"),
-                ),
-                Err(why) => {
-                    return Err(Error::Unsupported(format!(
-                        "io_uring cannot be used here: {why}"
-                    )))
+            BackendChoice::Uring | BackendChoice::Iocp if choice != NATIVE.0 => {
+                return Err(Error::Unsupported(format!(
+                    "the {choice:?} backend does not exist on this platform ({}); use auto, \
+                     threads or {}",
+                    std::env::consts::OS,
+                    NATIVE.1
+                )))
+            }
+            BackendChoice::Uring | BackendChoice::Iocp => {
+                match native_engine(self.queue_depth, self.cooperative) {
+                    Ok((engine, backend)) => {
+                        (engine, backend, format!("{backend} forced by {forced_by}"))
+                    }
+                    Err(why) => {
+                        return Err(Error::Unsupported(format!(
+                            "{} cannot be used here: {why}",
+                            NATIVE.1
+                        )))
+                    }
                 }
-            },
-            BackendChoice::Auto => match uring::Uring::new(self.queue_depth, self.cooperative) {
-                Ok(u) => (
-                    Engine::Uring(u),
-                    Backend::Uring,
-                    "io_uring is available".to_string(),
-                ),
+            }
+            BackendChoice::Auto => match native_engine(self.queue_depth, self.cooperative) {
+                Ok((engine, backend)) => (engine, backend, format!("{} is available", NATIVE.1)),
                 Err(why) => {
-                    let reason = format!("io_uring unavailable ({why}); using the thread pool");
+                    let reason = format!("{} unavailable ({why}); using the thread pool", NATIVE.1);
                     static LOGGED: std::sync::Once = std::sync::Once::new();
                     LOGGED.call_once(|| log::warn!("directfile: {reason}"));
                     (
@@ -247,10 +326,13 @@ impl DriverBuilder {
                 }
             },
         };
-        if self.cooperative && matches!(&engine, Engine::Uring(u) if !u.cooperative()) {
-            reason
-                .push_str("; cooperative completions refused by the kernel (they need Linux 5.19)");
-        }
+        #[cfg(target_os = "linux")]
+        let reason = match &engine {
+            Engine::Uring(u) if self.cooperative && !u.cooperative() => format!(
+                "{reason}; cooperative completions refused by the kernel (they need Linux 5.19)"
+            ),
+            _ => reason,
+        };
         let engine = engine.with_reactor(self.reactor);
         static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         let shared = Arc::new(Shared {
@@ -333,6 +415,7 @@ impl Shared {
 
 /// One submission, ready for the backend.
 pub(crate) enum Submission {
+    #[cfg(target_os = "linux")]
     Uring {
         /// One entry, or two linked ones (a write, then its data sync).
         entries: [io_uring::squeue::Entry; 2],
@@ -343,46 +426,69 @@ pub(crate) enum Submission {
         index: u32,
         generation: u32,
     },
+    /// The slot's `OVERLAPPED` is filled (in `prepare`); the call is made in `submit`.
+    #[cfg(windows)]
+    Iocp {
+        index: u32,
+        generation: u32,
+    },
 }
 
 impl Submission {
     pub(crate) fn generation(&self) -> u32 {
         match self {
-            Submission::Uring { generation, .. } | Submission::Threads { generation, .. } => {
-                *generation
-            }
+            #[cfg(target_os = "linux")]
+            Submission::Uring { generation, .. } => *generation,
+            Submission::Threads { generation, .. } => *generation,
+            #[cfg(windows)]
+            Submission::Iocp { generation, .. } => *generation,
         }
     }
 
     /// Whether the operation completes in two linked parts (see `SlotInner::linked`).
     pub(crate) fn linked(&self) -> bool {
-        matches!(self, Submission::Uring { count: 2, .. })
+        match self {
+            #[cfg(target_os = "linux")]
+            Submission::Uring { count, .. } => *count == 2,
+            _ => false,
+        }
     }
 }
 
 #[allow(clippy::large_enum_variant)] // one per driver
 pub(crate) enum Engine {
+    #[cfg(target_os = "linux")]
     Uring(uring::Uring),
     Threads(threads::Threads),
+    #[cfg(windows)]
+    Iocp(iocp::Iocp),
 }
 
 impl Engine {
     /// Builds the submission for an armed slot (called with the slot locked).
     pub(crate) fn prepare(&self, slot: &SlotInner, index: u32, generation: u32) -> Submission {
         match self {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u.prepare(slot, index, generation),
             Engine::Threads(_) => Submission::Threads { index, generation },
+            #[cfg(windows)]
+            Engine::Iocp(i) => i.prepare(slot, index, generation),
         }
     }
 
     /// Hands a submission to the kernel or the workers. An error means nothing was submitted.
     pub(crate) fn submit(&self, shared: &Shared, submission: Submission) -> Result<()> {
         match (self, submission) {
+            #[cfg(target_os = "linux")]
             (Engine::Uring(u), Submission::Uring { entries, count, .. }) => {
                 u.submit(shared, &entries[..count])
             }
             (Engine::Threads(t), Submission::Threads { index, generation }) => {
                 t.submit(index, generation)
+            }
+            #[cfg(windows)]
+            (Engine::Iocp(i), Submission::Iocp { index, generation }) => {
+                i.submit(shared, index, generation)
             }
             _ => unreachable!("submission prepared by another engine"),
         }
@@ -391,16 +497,24 @@ impl Engine {
     /// Asks for an orphaned operation to be cancelled. Its completion frees the slot.
     pub(crate) fn cancel(&self, shared: &Shared, index: u32, generation: u32) {
         match self {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u.cancel(shared, index, generation),
             Engine::Threads(t) => t.cancel(shared, index, generation),
+            #[cfg(windows)]
+            Engine::Iocp(i) => i.cancel(shared, index, generation),
         }
     }
 
-    /// The engine with `reactor` chosen (`DriverBuilder::reactor`; io_uring only).
+    /// The engine with `reactor` chosen (`DriverBuilder::reactor`; io_uring only: the other
+    /// backends' own threads wake the futures).
     fn with_reactor(self, reactor: Reactor) -> Engine {
         match self {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => Engine::Uring(u.with_reactor(reactor)),
-            other => other,
+            other => {
+                let _ = reactor;
+                other
+            }
         }
     }
 
@@ -408,8 +522,12 @@ impl Engine {
     /// this thread's async runtime, if it can serve and none does yet (`reactor.rs`).
     pub(crate) fn offer_reactor(&self, shared: &Arc<Shared>) {
         match self {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u.offer_reactor(shared),
-            Engine::Threads(_) => {}
+            // No reactor to offer: the workers, or the port's waiters, wake the futures.
+            _ => {
+                let _ = shared;
+            }
         }
     }
 
@@ -417,17 +535,22 @@ impl Engine {
     /// lock: `reactor.rs`, rule 1).
     pub(crate) fn serves_here(&self) -> bool {
         match self {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u.serves_here(),
-            Engine::Threads(_) => false,
+            _ => false,
         }
     }
 
     /// Called after a future registered its waker: makes sure someone will reap its completion.
     pub(crate) fn kick(&self) {
         match self {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u.kick(),
             // Workers complete operations themselves.
             Engine::Threads(_) => {}
+            // The reaper thread always waits in the port.
+            #[cfg(windows)]
+            Engine::Iocp(_) => {}
         }
     }
 
@@ -435,8 +558,12 @@ impl Engine {
     /// workers complete operations; see `Uring::may_spin`).
     pub(crate) fn may_spin(&self) -> bool {
         match self {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u.may_spin(),
             Engine::Threads(_) => true,
+            // Whoever waits in the port records the completion a spinning future looks for.
+            #[cfg(windows)]
+            Engine::Iocp(_) => true,
         }
     }
 
@@ -444,23 +571,49 @@ impl Engine {
     /// the completions whose kernel work waits for this thread to enter the kernel.
     pub(crate) fn run_task_work(&self) {
         match self {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u.run_task_work(),
             Engine::Threads(_) => {}
+            #[cfg(windows)]
+            Engine::Iocp(_) => {}
         }
     }
 
     /// Records the completions that are ready, on the calling thread, without blocking.
     pub(crate) fn reap(&self, shared: &Shared) {
         match self {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u.reap(shared),
             Engine::Threads(_) => {}
+            // Packets go to the threads waiting in the port (the reaper, `Driver::block_on`):
+            // one that waits is handed a packet as it is queued, so a look from here would
+            // cost a system call per poll and find nothing.
+            #[cfg(windows)]
+            Engine::Iocp(_) => {
+                let _ = shared;
+            }
         }
     }
 
     fn start(&self, shared: &Arc<Shared>) -> std::io::Result<()> {
         match self {
+            #[cfg(target_os = "linux")]
             Engine::Uring(_) => uring::Uring::start(shared),
             Engine::Threads(t) => t.start(shared),
+            #[cfg(windows)]
+            Engine::Iocp(i) => i.start(shared),
+        }
+    }
+
+    /// The worker threads: the thread-pool backend's, or the completion port's for the
+    /// operations that have no overlapped form (flush, allocation, length).
+    pub(crate) fn thread_pool(&self) -> &threads::Threads {
+        match self {
+            Engine::Threads(t) => t,
+            #[cfg(windows)]
+            Engine::Iocp(i) => i.blocking(),
+            #[cfg(target_os = "linux")]
+            Engine::Uring(_) => unreachable!("the io_uring backend has no worker threads"),
         }
     }
 
@@ -468,18 +621,28 @@ impl Engine {
     #[cfg(feature = "fault-injection")]
     pub(crate) fn nudge(&self) {
         match self {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u.wake_reaper(),
             Engine::Threads(_) => {}
+            #[cfg(windows)]
+            Engine::Iocp(i) => i.wake_reaper(),
         }
     }
 
     fn shutdown(&self, shared: &Shared) {
         match self {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => {
                 u.detach_reactor(shared);
                 u.wake_reaper();
             }
             Engine::Threads(t) => t.shutdown(),
+            // No runtime reactor to detach (`shared` is for io_uring's).
+            #[cfg(windows)]
+            Engine::Iocp(i) => {
+                let _ = shared;
+                i.shutdown()
+            }
         }
     }
 }
@@ -558,8 +721,9 @@ impl Driver {
     /// refusal is noted in [`Driver::backend_reason`]).
     pub fn cooperative_completions(&self) -> bool {
         match &self.shared().engine {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u.cooperative(),
-            Engine::Threads(_) => false,
+            _ => false,
         }
     }
 
@@ -568,29 +732,33 @@ impl Driver {
     /// ([`DriverBuilder::reactor`]).
     pub fn completion_reactor(&self) -> Option<&'static str> {
         match &self.shared().engine {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u.reactors().serving_name(),
-            Engine::Threads(_) => None,
+            _ => None,
         }
     }
 
     /// How many times the io_uring driver's reaper thread has waited in the kernel for
-    /// completions (0 on the thread pool): it stays where it is while `Driver::block_on` or
-    /// a runtime's reactor reaps.
+    /// completions (0 on the thread pool and the completion port): it stays where it is while
+    /// `Driver::block_on` or a runtime's reactor reaps.
     pub fn reaper_thread_waits(&self) -> usize {
         match &self.shared().engine {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u.reaper_waits(),
-            Engine::Threads(_) => 0,
+            _ => 0,
         }
     }
 
-    /// How many times a runtime's reactor called the driver to reap its completions.
+    /// How many times a runtime's reactor called the driver to reap its completions (0 off
+    /// io_uring).
     pub fn reactor_wakes(&self) -> usize {
         match &self.shared().engine {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u
                 .reactors()
                 .wakes
                 .load(std::sync::atomic::Ordering::Relaxed),
-            Engine::Threads(_) => 0,
+            _ => 0,
         }
     }
 
@@ -623,6 +791,7 @@ impl Driver {
     /// the pool works with the ordinary opcodes; [`BufPool::is_registered`] tells.
     pub fn buf_pool(&self, count: usize, buf_size: usize, align: usize) -> BufPool {
         let pool = BufPool::unregistered(count, buf_size, align);
+        #[cfg(target_os = "linux")]
         if let Engine::Uring(u) = &self.shared().engine {
             let (base, _) = pool.region();
             if let Some(first_index) = u.register_buffers(base, count, buf_size) {
@@ -643,11 +812,13 @@ impl Driver {
         pool
     }
 
-    /// Whether `set_len` can go through the ring (`IORING_OP_FTRUNCATE`, Linux 6.9).
+    /// Whether `set_len` can go through the driver (on io_uring, `IORING_OP_FTRUNCATE` needs
+    /// Linux 6.9; every other backend runs it on a worker thread).
     pub(crate) fn has_ftruncate_op(&self) -> bool {
         match &self.shared().engine {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => u.has_ftruncate(),
-            Engine::Threads(_) => true,
+            _ => true,
         }
     }
 
@@ -657,6 +828,15 @@ impl Driver {
 
     pub(crate) fn shared_arc(&self) -> &Arc<Shared> {
         &self.handle.shared
+    }
+
+    /// Binds a newly opened file to this driver's completion port (when it has one).
+    #[cfg(windows)]
+    pub(crate) fn bind(&self, handle: crate::sys::RawHandle) -> std::io::Result<()> {
+        match &self.shared().engine {
+            Engine::Iocp(i) => i.bind(handle),
+            Engine::Threads(_) => Ok(()),
+        }
     }
 }
 
@@ -683,11 +863,17 @@ impl Driver {
     /// other executor.
     pub fn block_on<F: std::future::Future>(&self, fut: F) -> F::Output {
         let fut = match &self.shared().engine {
+            #[cfg(target_os = "linux")]
             Engine::Uring(u) => match u.block_on(&self.handle.shared, fut) {
                 Ok(out) => return out,
                 Err(fut) => fut,
             },
             Engine::Threads(_) => fut,
+            #[cfg(windows)]
+            Engine::Iocp(i) => match i.block_on(&self.handle.shared, fut) {
+                Ok(out) => return out,
+                Err(fut) => fut,
+            },
         };
         park_block_on(fut)
     }

@@ -77,6 +77,7 @@
 // One call needs it: registering the eventfd with tokio's reactor (`AsyncFd`).
 #![allow(unsafe_code)]
 
+use super::Reactor;
 use crate::sync::{fence, AtomicBool, AtomicU64, Ordering};
 
 /// The state the hand-over rules share: which reactor epoch serves, and whether a reactor
@@ -157,23 +158,6 @@ impl Handover {
         fence(Ordering::SeqCst);
         self.wanted.fetch_or(false, Ordering::SeqCst)
     }
-}
-
-/// Which reactors a driver may use (`DriverBuilder::reactor`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-#[non_exhaustive]
-pub enum Reactor {
-    /// With the `tokio` feature: the reactor of the tokio runtime in which one of the
-    /// driver's futures first waits, for the futures of that runtime. Without it, the
-    /// driver's reaper thread. The default.
-    #[default]
-    Auto,
-    /// async-io's reactor (smol's, and that of every executor built on async-io), for every
-    /// future that waits outside `Driver::block_on`. Needs the `async-io` feature.
-    #[cfg(feature = "async-io")]
-    AsyncIo,
-    /// The driver's reaper thread, whatever the features.
-    Thread,
 }
 
 pub(crate) use link::Reactors;

@@ -5,9 +5,19 @@
 //! slots, so it never grows); the operation itself is described in the slot. A queued job that
 //! no worker has taken can be withdrawn on cancellation; a running one completes and its
 //! buffers come back through the slot.
+//!
+//! The operation itself is one blocking call of the platform (`run`): `pwritev2(2)`,
+//! `preadv2(2)`, `fdatasync(2)`... on Linux, positional `ReadFile`/`WriteFile`,
+//! `FlushFileBuffers`... on Windows (`threads/windows.rs`). On Windows the completion-port
+//! driver also runs its operations that have no overlapped form here.
 #![allow(unsafe_code)]
 
-use super::{Engine, Shared};
+#[cfg(windows)]
+mod windows;
+#[cfg(windows)]
+use windows::run;
+
+use super::Shared;
 use crate::op::slot::{OpDesc, State};
 use crate::sync::{Condvar, Mutex};
 use crate::{Error, Result};
@@ -92,7 +102,9 @@ impl Threads {
             }
         };
         if withdrawn {
-            shared.slots.complete(index, generation, -libc::ECANCELED);
+            shared
+                .slots
+                .complete(index, generation, -crate::sys::CANCELED);
         }
         // Otherwise a worker has it: it runs to completion and frees the orphaned slot.
     }
@@ -137,9 +149,7 @@ impl Threads {
 }
 
 fn worker(shared: &Arc<Shared>) {
-    let Engine::Threads(threads) = &shared.engine else {
-        unreachable!()
-    };
+    let threads = shared.engine.thread_pool();
     while let Some((index, generation)) = threads.next_job(shared) {
         let (fd, desc, iov_ptr, iov_len) = {
             let slot = shared.slots.lock(index);
@@ -152,7 +162,9 @@ fn worker(shared: &Arc<Shared>) {
                 State::InFlight { .. } => {}
                 State::Orphaned => {
                     drop(slot);
-                    shared.slots.complete(index, generation, -libc::ECANCELED);
+                    shared
+                        .slots
+                        .complete(index, generation, -crate::sys::CANCELED);
                     continue;
                 }
                 other => unreachable!("queued job in slot state {other:?}"),
@@ -171,7 +183,8 @@ fn worker(shared: &Arc<Shared>) {
         let res = match desc {
             // SyncStrategy::ExplicitSync: the write completes once a data sync after it does.
             // Even a synchronous O_DSYNC write is not synced by every file system (FUSE with
-            // FOPEN_DIRECT_IO sends no FUSE_FSYNC for it).
+            // FOPEN_DIRECT_IO sends no FUSE_FSYNC for it). On Windows the sync is
+            // FlushFileBuffers, after a FILE_FLAG_WRITE_THROUGH write.
             OpDesc::Write { sync: true, .. } | OpDesc::Writev { sync: true, .. } => {
                 // SAFETY: a data sync of the open descriptor; no memory is passed.
                 let synced = unsafe { run(fd, OpDesc::Fsync { datasync: true }, iov_ptr, 0) };
@@ -188,6 +201,7 @@ fn worker(shared: &Arc<Shared>) {
 /// # Safety
 /// The pointers in `desc` (and `iov`, `iov_len` for a vectored write) must be valid for the
 /// length they describe for the whole call, and `fd` must be open.
+#[cfg(target_os = "linux")]
 unsafe fn run(fd: i32, desc: OpDesc, iov: *const libc::iovec, iov_len: usize) -> i32 {
     loop {
         let ret: i64 = match desc {

@@ -19,8 +19,8 @@
 #![allow(unsafe_code)]
 
 use super::gate::{Standby, SubmitGate};
-use super::reactor::{Reactor, Reactors};
-use super::{Engine, Shared, Submission};
+use super::reactor::Reactors;
+use super::{Engine, Reactor, Shared, Submission};
 use crate::op::slot::{OpDesc, SlotInner};
 use crate::sync::{AtomicBool, AtomicUsize, Mutex, MutexGuard, Ordering};
 use crate::Result;

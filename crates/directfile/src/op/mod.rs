@@ -13,10 +13,10 @@
 pub(crate) mod slot;
 
 use crate::driver::Driver;
+use crate::sys::{self, OwnedHandle};
 use crate::{Error, Result};
 use slot::{Look, OpBufs, OpDesc, Slots};
 use std::future::Future;
-use std::os::fd::{AsRawFd, OwnedFd};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -24,7 +24,7 @@ use std::time::Instant;
 
 enum OpState {
     Unsubmitted {
-        file: Arc<OwnedFd>,
+        file: Arc<OwnedHandle>,
         desc: OpDesc,
         bufs: OpBufs,
         /// Our place in the queue of tasks waiting for a free slot, once we had to wait.
@@ -50,7 +50,7 @@ pub(crate) struct Op {
 unsafe impl Send for Op {}
 
 impl Op {
-    pub(crate) fn new(driver: Driver, file: Arc<OwnedFd>, desc: OpDesc, bufs: OpBufs) -> Op {
+    pub(crate) fn new(driver: Driver, file: Arc<OwnedHandle>, desc: OpDesc, bufs: OpBufs) -> Op {
         Op {
             driver,
             state: OpState::Unsubmitted {
@@ -91,7 +91,7 @@ impl Op {
         };
         let submission = {
             let mut slot = shared.slots.lock(index);
-            let fd = file.as_raw_fd();
+            let fd = sys::raw(&file);
             let generation = Slots::arm(&mut slot, fd, desc, bufs, file);
             if let OpDesc::Writev { .. } = desc {
                 let slot = &mut *slot;
@@ -99,10 +99,7 @@ impl Op {
                     debug_assert!(bufs.len() <= slot.iovecs.0.capacity());
                     for b in bufs.iter_mut() {
                         let len = b.len();
-                        slot.iovecs.0.push(libc::iovec {
-                            iov_base: b.as_mut_ptr().cast(),
-                            iov_len: len,
-                        });
+                        slot.iovecs.0.push(sys::io_vec(b.as_mut_ptr(), len));
                     }
                 }
             }

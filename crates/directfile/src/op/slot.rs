@@ -19,13 +19,17 @@
 
 use crate::buf::AlignedBuf;
 use crate::sync::{AtomicUsize, Mutex, MutexGuard, Ordering};
+use crate::sys::{self, OwnedHandle, RawHandle};
 use crate::wait::WaitQueue;
-use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-/// What an operation does, in the terms both drivers need.
+/// What an operation does, in the terms both drivers need. (The Windows drivers read no
+/// fixed-buffer index, `dsync` flag or allocation mode: write-through is the handle's
+/// `FILE_FLAG_WRITE_THROUGH`, and Windows has one flush and one way to allocate. They do read
+/// `sync`: `FlushFileBuffers` after the write.)
 #[derive(Clone, Copy, Debug)]
+#[cfg_attr(windows, allow(dead_code))]
 pub(crate) enum OpDesc {
     Nop,
     Write {
@@ -106,7 +110,7 @@ pub(crate) enum State {
 
 /// iovec storage that is made once per slot and never reallocated, so pointers into it stay
 /// valid for the kernel while the slot is in flight.
-pub(crate) struct IoVecs(pub(crate) Vec<libc::iovec>);
+pub(crate) struct IoVecs(pub(crate) Vec<sys::IoVec>);
 
 // SAFETY: the iovecs point into buffers owned by the same slot; they are only dereferenced by
 // the kernel or a worker while the slot (behind its mutex) keeps those buffers alive.
@@ -116,11 +120,12 @@ unsafe impl Send for IoVecs {}
 pub(crate) struct SlotInner {
     pub(crate) generation: u32,
     pub(crate) state: State,
-    pub(crate) fd: RawFd,
+    /// The file's descriptor (a `HANDLE` on Windows).
+    pub(crate) fd: RawHandle,
     pub(crate) desc: OpDesc,
     pub(crate) bufs: OpBufs,
     /// Keeps the descriptor open while the operation may still use it.
-    pub(crate) file: Option<Arc<OwnedFd>>,
+    pub(crate) file: Option<Arc<OwnedHandle>>,
     pub(crate) iovecs: IoVecs,
     /// The operation is two linked submissions (a write, then a data sync; io_uring): it
     /// completes once both have, whichever completion is reaped first.
@@ -206,7 +211,7 @@ impl Slots {
                 Mutex::new(SlotInner {
                     generation: 0,
                     state: State::Free,
-                    fd: -1,
+                    fd: sys::NO_HANDLE,
                     desc: OpDesc::Nop,
                     bufs: OpBufs::None,
                     file: None,
@@ -243,6 +248,7 @@ impl Slots {
     }
 
     /// See the `unattended` field.
+    #[cfg(target_os = "linux")]
     pub(crate) fn unattended(&self) -> usize {
         self.unattended.load(Ordering::SeqCst)
     }
@@ -318,10 +324,10 @@ impl Slots {
     /// Resets an acquired slot's contents for a new operation. Returns its generation.
     pub(crate) fn arm(
         slot: &mut SlotInner,
-        fd: RawFd,
+        fd: RawHandle,
         desc: OpDesc,
         bufs: OpBufs,
-        file: Arc<OwnedFd>,
+        file: Arc<OwnedHandle>,
     ) -> u32 {
         debug_assert!(matches!(slot.state, State::Free));
         slot.state = State::InFlight {
@@ -337,7 +343,7 @@ impl Slots {
 
     /// Empties a slot whose operation is over and makes it `Free` (the caller then releases
     /// it). Returns the buffers and the file reference, to be dropped outside the lock.
-    pub(crate) fn disarm(slot: &mut SlotInner) -> (OpBufs, Option<Arc<OwnedFd>>) {
+    pub(crate) fn disarm(slot: &mut SlotInner) -> (OpBufs, Option<Arc<OwnedHandle>>) {
         slot.state = State::Free;
         slot.generation = slot.generation.wrapping_add(1);
         slot.desc = OpDesc::Nop;
@@ -494,7 +500,9 @@ impl Slots {
     }
 
     /// Hands every waiter a reactor was serving to the driver's own reaper (the reactor left:
-    /// its runtime shut down, or the driver did). Returns how many there were.
+    /// its runtime shut down, or the driver did). Returns how many there were. (io_uring's
+    /// reactors only: no other backend serves a waiter through a reactor.)
+    #[cfg(target_os = "linux")]
     pub(crate) fn unserve_all(&self) -> usize {
         let mut moved = 0;
         for index in 0..self.slots.len() as u32 {
@@ -552,10 +560,11 @@ impl Slots {
 #[cfg(all(test, not(directfile_loom)))]
 mod tests {
     use super::*;
-    use std::os::fd::AsFd;
 
-    fn fd() -> Arc<OwnedFd> {
-        Arc::new(std::io::stdin().as_fd().try_clone_to_owned().unwrap())
+    /// Some open file (this test binary), as the slots hold one.
+    fn fd() -> Arc<OwnedHandle> {
+        let exe = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        Arc::new(OwnedHandle::from(exe))
     }
 
     fn noop_cx() -> Context<'static> {
@@ -568,7 +577,13 @@ mod tests {
         let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx(), &mut None) else {
             panic!()
         };
-        let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, OpBufs::None, fd());
+        let g = Slots::arm(
+            &mut slots.lock(i),
+            sys::NO_HANDLE,
+            OpDesc::Nop,
+            OpBufs::None,
+            fd(),
+        );
         assert!(slots
             .take_or_register(i, g, None, || false)
             .done()
@@ -583,20 +598,28 @@ mod tests {
     #[test]
     fn a_linked_pair_completes_with_both_halves_in_either_order() {
         let slots = Slots::new(1, 4);
+        // Two OS errors (their values do not matter to the slot table).
+        #[cfg(unix)]
+        let (no_space, io_error) = (libc::ENOSPC, libc::EIO);
+        #[cfg(windows)]
+        let (no_space, io_error) = (
+            windows_sys::Win32::Foundation::ERROR_DISK_FULL as i32,
+            windows_sys::Win32::Foundation::ERROR_IO_DEVICE as i32,
+        );
         for (write, sync, sync_first, expected) in [
             (4096, 0, false, 4096),
             (4096, 0, true, 4096),
             (2048, 0, true, 2048),
-            (-libc::ENOSPC, 0, false, -libc::ENOSPC),
-            (4096, -libc::EIO, true, -libc::EIO),
-            (-libc::EIO, -libc::ECANCELED, false, -libc::EIO),
+            (-no_space, 0, false, -no_space),
+            (4096, -io_error, true, -io_error),
+            (-io_error, -sys::CANCELED, false, -io_error),
         ] {
             let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx(), &mut None) else {
                 panic!()
             };
             let g = {
                 let mut slot = slots.lock(i);
-                let g = Slots::arm(&mut slot, 0, OpDesc::Nop, OpBufs::None, fd());
+                let g = Slots::arm(&mut slot, sys::NO_HANDLE, OpDesc::Nop, OpBufs::None, fd());
                 slot.linked = true;
                 g
             };
@@ -636,12 +659,18 @@ mod tests {
         };
         let pool = crate::BufPool::unregistered(1, 512, 512);
         let buf = pool.try_get().unwrap();
-        let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, OpBufs::One(buf), fd());
+        let g = Slots::arm(
+            &mut slots.lock(i),
+            sys::NO_HANDLE,
+            OpDesc::Nop,
+            OpBufs::One(buf),
+            fd(),
+        );
         assert!(slots.abandon(i, g));
         // The kernel still owns the buffer: it must not be back in the pool yet.
         assert_eq!(pool.available(), 0);
         assert_eq!(slots.in_flight(), 1);
-        slots.complete(i, g, -libc::ECANCELED);
+        slots.complete(i, g, -sys::CANCELED);
         assert_eq!(pool.available(), 1);
         assert_eq!(slots.in_flight(), 0);
     }
@@ -665,7 +694,13 @@ mod tests {
         assert!(slots
             .poll_acquire(&mut Context::from_waker(&waker), &mut ticket)
             .is_pending());
-        let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, OpBufs::None, fd());
+        let g = Slots::arm(
+            &mut slots.lock(i),
+            sys::NO_HANDLE,
+            OpDesc::Nop,
+            OpBufs::None,
+            fd(),
+        );
         slots.complete(i, g, 0);
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
         slots.take_or_register(i, g, None, || false).done().unwrap();
@@ -700,7 +735,13 @@ mod tests {
             .is_pending());
         // X gives up (dropped, or lost a select!) before any slot is free.
         slots.cancel_wait(x.unwrap());
-        let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, OpBufs::None, fd());
+        let g = Slots::arm(
+            &mut slots.lock(i),
+            sys::NO_HANDLE,
+            OpDesc::Nop,
+            OpBufs::None,
+            fd(),
+        );
         slots.complete(i, g, 0);
         slots.take_or_register(i, g, None, || false).done().unwrap();
         assert_eq!(
@@ -717,7 +758,13 @@ mod tests {
         assert!(slots
             .poll_acquire(&mut Context::from_waker(&x_waker), &mut z)
             .is_pending());
-        let g = Slots::arm(&mut slots.lock(j), 0, OpDesc::Nop, OpBufs::None, fd());
+        let g = Slots::arm(
+            &mut slots.lock(j),
+            sys::NO_HANDLE,
+            OpDesc::Nop,
+            OpBufs::None,
+            fd(),
+        );
         slots.complete(j, g, 0);
         let mut w = None;
         assert!(slots
@@ -738,10 +785,11 @@ mod tests {
 mod loom_model {
     use super::*;
     use loom::sync::atomic::AtomicUsize as LoomCount;
-    use std::os::fd::AsFd;
 
-    fn fd() -> Arc<OwnedFd> {
-        Arc::new(std::io::stdin().as_fd().try_clone_to_owned().unwrap())
+    /// Some open file (this test binary), as the slots hold one.
+    fn fd() -> Arc<OwnedHandle> {
+        let exe = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+        Arc::new(OwnedHandle::from(exe))
     }
 
     /// A waker that counts its wake-ups in a loom-tracked atomic.
@@ -757,7 +805,7 @@ mod loom_model {
         else {
             panic!("a fresh table has a free slot")
         };
-        let g = Slots::arm(&mut slots.lock(i), 0, OpDesc::Nop, bufs, fd());
+        let g = Slots::arm(&mut slots.lock(i), sys::NO_HANDLE, OpDesc::Nop, bufs, fd());
         (i, g)
     }
 
@@ -807,7 +855,7 @@ mod loom_model {
             let (s2, c2) = (slots.clone(), completed.clone());
             let completer = loom::thread::spawn(move || {
                 c2.store(true, Ordering::SeqCst);
-                s2.complete(i, g, -libc::ECANCELED);
+                s2.complete(i, g, -sys::CANCELED);
             });
             let must_cancel = slots.abandon(i, g);
             if must_cancel {
