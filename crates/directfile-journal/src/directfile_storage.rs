@@ -104,14 +104,18 @@ impl DirectFileStorage {
     pub fn with_driver(dir: impl AsRef<Path>, driver: Driver) -> Result<DirectFileStorage, Error> {
         let dir = dir.as_ref().to_path_buf();
         crate::storage::create_dir_durably(&dir)?;
-        // The LOCK file tells the direct-I/O alignment of this file system.
+        // The LOCK file tells the direct-I/O alignment of this file system. (On Windows the
+        // lock is the file opened without sharing, so a locked journal refuses this open.)
         let probe = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .driver(&driver)
             .open(dir.join("LOCK"))
-            .map_err(to_io)?;
+            .map_err(|e| match e {
+                directfile::Error::Locked { path } => Error::Locked(path.display().to_string()),
+                other => Error::Io(to_io(other)),
+            })?;
         let alignment = probe.alignment();
         let block_bytes = alignment
             .offset

@@ -7,15 +7,19 @@
 //!
 //! - [`MemStorage`]: in memory, with fault injection, per-write completion delays (to reorder
 //!   completions) and a log of every write.
-//! - [`StdStorage`]: real files through `std::fs` with `O_DIRECT | O_DSYNC`; each write is a
-//!   blocking `pwrite(2)` done inside the future's first poll.
+//! - [`StdStorage`]: real files through `std::fs` with `O_DIRECT | O_DSYNC` (on Windows
+//!   `FILE_FLAG_NO_BUFFERING | FILE_FLAG_WRITE_THROUGH`); each write is a blocking `pwrite(2)`
+//!   (a positional `WriteFile`) done inside the future's first poll.
 //! - `DirectFileStorage` (in `directfile_storage.rs`): real files through `directfile`.
 
 use std::collections::BTreeMap;
 use std::fs;
 use std::future::Future;
 use std::io;
+#[cfg(unix)]
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
+#[cfg(windows)]
+use std::os::windows::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -625,7 +629,8 @@ pub struct StdStorage {
 #[derive(Clone, Debug)]
 pub struct StdSegment(Arc<fs::File>);
 
-/// Holds `flock(LOCK_EX)` on the directory's `LOCK` file.
+/// Holds `flock(LOCK_EX)` on the directory's `LOCK` file (on Windows: the file open without
+/// sharing).
 pub struct FileLock {
     _file: fs::File,
 }
@@ -672,14 +677,36 @@ pub fn create_dir_durably(dir: &Path) -> io::Result<()> {
 }
 
 /// `fsync(2)` on a directory, which makes file creations and removals in it durable.
+#[cfg(unix)]
 pub fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
+}
+
+/// `FlushFileBuffers` on a directory handle (opened for writing, with
+/// `FILE_FLAG_BACKUP_SEMANTICS`, which a directory needs): NTFS then writes the directory's
+/// entries, which makes file creations and removals in it durable.
+#[cfg(windows)]
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    use windows_sys::Win32::Storage::FileSystem::FILE_FLAG_BACKUP_SEMANTICS;
+    fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(FILE_FLAG_BACKUP_SEMANTICS)
+        .open(dir)?
+        .sync_all()
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("flushing directory {}: {e}", dir.display()),
+            )
+        })
 }
 
 /// Takes `flock(LOCK_EX | LOCK_NB)` on `dir/LOCK`.
 ///
 /// # Errors
 /// [`Error::Locked`] when another process or handle holds it, [`Error::Io`] otherwise.
+#[cfg(unix)]
 pub fn lock_dir(dir: &Path) -> Result<FileLock, Error> {
     let path = dir.join("LOCK");
     let file = fs::OpenOptions::new()
@@ -692,6 +719,67 @@ pub fn lock_dir(dir: &Path) -> Result<FileLock, Error> {
         Err(rustix::io::Errno::WOULDBLOCK) => Err(Error::Locked(path.display().to_string())),
         Err(errno) => Err(Error::Io(errno.into())),
     }
+}
+
+/// Opens `dir/LOCK` with no sharing (share mode 0): while it is open, any other open of it
+/// fails with `ERROR_SHARING_VIOLATION`.
+///
+/// # Errors
+/// [`Error::Locked`] when another process or handle holds it, [`Error::Io`] otherwise.
+#[cfg(windows)]
+pub fn lock_dir(dir: &Path) -> Result<FileLock, Error> {
+    use windows_sys::Win32::Foundation::{ERROR_LOCK_VIOLATION, ERROR_SHARING_VIOLATION};
+    let path = dir.join("LOCK");
+    match fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .share_mode(0)
+        .open(&path)
+    {
+        Ok(file) => Ok(FileLock { _file: file }),
+        Err(e)
+            if matches!(
+                e.raw_os_error().map(|c| c as u32),
+                Some(ERROR_SHARING_VIOLATION | ERROR_LOCK_VIOLATION)
+            ) =>
+        {
+            Err(Error::Locked(path.display().to_string()))
+        }
+        Err(e) => Err(Error::Io(e)),
+    }
+}
+
+/// Writes all of `buf` at `offset` (`pwrite(2)`).
+#[cfg(unix)]
+fn write_all_at(file: &fs::File, buf: &[u8], offset: u64) -> io::Result<()> {
+    file.write_all_at(buf, offset)
+}
+
+/// Writes all of `buf` at `offset` (`WriteFile` at an offset; nothing here uses the handle's
+/// position).
+#[cfg(windows)]
+fn write_all_at(file: &fs::File, mut buf: &[u8], mut offset: u64) -> io::Result<()> {
+    while !buf.is_empty() {
+        match file.seek_write(buf, offset) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => {
+                buf = &buf[n..];
+                offset += n as u64;
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Reads into `buf` at `offset` (`pread(2)`; a positional `ReadFile` on Windows).
+fn read_at(file: &fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    #[cfg(unix)]
+    return file.read_at(buf, offset);
+    #[cfg(windows)]
+    return file.seek_read(buf, offset);
 }
 
 /// Lists segment numbers in `dir`, ascending.
@@ -710,15 +798,27 @@ pub fn list_segment_files(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(numbers)
 }
 
+/// Unbuffered, write-through: `O_DIRECT | O_DSYNC`, or on Windows `FILE_FLAG_NO_BUFFERING |
+/// FILE_FLAG_WRITE_THROUGH`.
+#[cfg(unix)]
+const DIRECT_FLAGS: (u32, i32) = ((libc::O_DIRECT | libc::O_DSYNC) as u32, libc::EINVAL);
+#[cfg(windows)]
+const DIRECT_FLAGS: (u32, i32) = (
+    windows_sys::Win32::Storage::FileSystem::FILE_FLAG_NO_BUFFERING
+        | windows_sys::Win32::Storage::FileSystem::FILE_FLAG_WRITE_THROUGH,
+    windows_sys::Win32::Foundation::ERROR_INVALID_PARAMETER as i32,
+);
+
 fn open_direct(path: &Path, create: bool) -> io::Result<fs::File> {
+    let (flags, refused) = DIRECT_FLAGS;
     fs::OpenOptions::new()
         .read(true)
         .write(true)
         .create_new(create)
-        .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+        .custom_flags(flags as _)
         .open(path)
         .map_err(|e| {
-            if e.raw_os_error() == Some(libc::EINVAL) {
+            if e.raw_os_error() == Some(refused) {
                 io::Error::new(
                     e.kind(),
                     format!(
@@ -767,7 +867,7 @@ impl Storage for StdStorage {
         while offset < bytes {
             let chunk = (bytes - offset).min(1 << 20) as usize;
             zeros.set_len(chunk);
-            file.write_all_at(zeros.as_slice(), offset)?;
+            write_all_at(&file, zeros.as_slice(), offset)?;
             offset += chunk as u64;
         }
         file.sync_all()?;
@@ -797,7 +897,7 @@ impl Storage for StdStorage {
         buf: HeapBuf,
         offset: u64,
     ) -> (io::Result<()>, HeapBuf) {
-        let result = segment.0.write_all_at(buf.as_slice(), offset);
+        let result = write_all_at(&segment.0, buf.as_slice(), offset);
         (result, buf)
     }
 
@@ -813,10 +913,11 @@ impl Storage for StdStorage {
             if done == capacity {
                 break Ok(done);
             }
-            match segment
-                .0
-                .read_at(&mut buf.as_full_mut()[done..], offset + done as u64)
-            {
+            match read_at(
+                &segment.0,
+                &mut buf.as_full_mut()[done..],
+                offset + done as u64,
+            ) {
                 Ok(0) => break Ok(done),
                 Ok(count) => done += count,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}

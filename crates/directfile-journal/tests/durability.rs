@@ -3,6 +3,9 @@
 //! works): with the sync strategy directfile picks for FUSE (an explicit data sync after each
 //! write) none is lost; with `O_DSYNC` alone forced (right on ext4/xfs/btrfs) the cut loses
 //! acknowledged records, which recovery reports or which are missing.
+//!
+//! Linux only: FUSE and `directfile-testfs` are Linux's.
+#![cfg(target_os = "linux")]
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;

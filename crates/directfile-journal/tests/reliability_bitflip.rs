@@ -16,6 +16,7 @@
 //! header, batch header and record header).
 
 use std::collections::BTreeMap;
+#[cfg(unix)]
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
@@ -421,8 +422,7 @@ fn verify_on_disk(files: &Files, originals: &[Vec<u8>], bits: &[(u64, usize, u8)
         let path = dir.join(name(segment));
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         damaged.get_mut(&segment).unwrap()[byte] ^= 1 << bit;
-        file.write_all_at(&[damaged[&segment][byte]], byte as u64)
-            .unwrap();
+        put_byte(&file, byte as u64, damaged[&segment][byte]);
         let expected = match judge(&damaged, originals, segment, byte) {
             Verdict::Clean { .. } => 0,
             Verdict::TornTail { .. } => 1,
@@ -435,10 +435,20 @@ fn verify_on_disk(files: &Files, originals: &[Vec<u8>], bits: &[(u64, usize, u8)
             "verify at {segment}:{byte}\n{report}"
         );
         damaged.get_mut(&segment).unwrap()[byte] ^= 1 << bit;
-        file.write_all_at(&[damaged[&segment][byte]], byte as u64)
-            .unwrap();
+        put_byte(&file, byte as u64, damaged[&segment][byte]);
         checked += 1;
     }
     let _ = std::fs::remove_dir_all(&dir);
     checked
+}
+
+/// Writes one byte at `offset` (`pwrite(2)`; a positional `WriteFile` on Windows).
+fn put_byte(file: &std::fs::File, offset: u64, value: u8) {
+    #[cfg(unix)]
+    file.write_all_at(&[value], offset).unwrap();
+    #[cfg(windows)]
+    assert_eq!(
+        std::os::windows::fs::FileExt::seek_write(file, &[value], offset).unwrap(),
+        1
+    );
 }

@@ -5,7 +5,9 @@
 //! frees space the way an operator would (deletes a ballast file) and reopens.
 //!
 //! Needs root, `losetup`, `mkfs.ext4` and `mount`; without them the test prints why it skips
-//! and returns. A guard unmounts and detaches the loop device in every case.
+//! and returns. A guard unmounts and detaches the loop device in every case. Linux only (the
+//! loop device).
+#![cfg(target_os = "linux")]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
