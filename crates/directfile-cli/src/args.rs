@@ -151,13 +151,19 @@ impl fmt::Display for Rw {
     }
 }
 
-/// Which implementation performs the I/O.
+/// Which implementation performs the I/O. Each system lists its own directfile drivers; the
+/// other system's is accepted but hidden, and refused by the library with the reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum BackendArg {
-    /// directfile with the backend it picks by itself (io_uring, else threads).
+    /// directfile with the backend it picks by itself (io_uring on Linux, the completion port
+    /// on Windows, else threads).
     Auto,
-    /// directfile on its io_uring driver.
+    /// directfile on its io_uring driver (Linux).
+    #[cfg_attr(not(target_os = "linux"), value(hide = true))]
     Uring,
+    /// directfile on its I/O completion port driver (Windows).
+    #[cfg_attr(not(windows), value(hide = true))]
+    Iocp,
     /// directfile on its thread-pool driver.
     Threads,
     /// std::fs::File::write_at/read_at, one OS thread per in-flight op.
@@ -174,9 +180,10 @@ pub enum ExecutorArg {
     /// `futures::executor::block_on`.
     Futures,
     /// A tokio multi-thread runtime (one worker per core), one task per operation in flight;
-    /// completions reaped by tokio's reactor.
+    /// completions reaped by tokio's reactor on io_uring (by the driver's threads elsewhere).
     Tokio,
-    /// `smol::block_on` on one thread; completions reaped by async-io's reactor.
+    /// `smol::block_on` on one thread; completions reaped by async-io's reactor on io_uring
+    /// (by the driver's threads elsewhere).
     Smol,
 }
 
@@ -219,7 +226,8 @@ pub struct BenchArgs {
     /// on io_uring (with cooperative completions on, as they suit it); `futures` is
     /// `futures::executor::block_on`, a generic executor that parks in a futex while the
     /// driver's reaper thread waits for completions (the driver's defaults); `tokio` and
-    /// `smol` run them on those runtimes, whose reactors reap the completions.
+    /// `smol` run them on those runtimes, whose reactors reap the completions on io_uring (on
+    /// Windows and the thread pool the driver's own threads wake them, as for `futures`).
     #[arg(long, value_enum, default_value_t = ExecutorArg::Own)]
     pub executor: ExecutorArg,
 

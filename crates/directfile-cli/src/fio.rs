@@ -1,6 +1,7 @@
 //! fio as the reference: the same workload on the same file, parsed from fio's JSON output.
 //! Engine choice as `shared/tools/fio-baseline`: psync at QD1 (the latency floor), io_uring
-//! above; always O_DIRECT; `--sync=dsync` for write-through.
+//! above (on Windows `windowsaio`, fio's completion-port engine: not tried, no fio for Windows
+//! was at hand); always O_DIRECT; `--sync=dsync` for write-through.
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -22,12 +23,18 @@ pub fn is_installed() -> bool {
         .unwrap_or(false)
 }
 
+/// fio's engine for queue depths above 1: the platform's own asynchronous I/O.
+#[cfg(unix)]
+const ASYNC_ENGINE: &str = "io_uring";
+#[cfg(windows)]
+const ASYNC_ENGINE: &str = "windowsaio";
+
 /// The fio command line for `workload` on `path`.
 pub fn command_line(path: &Path, workload: &Workload) -> Vec<String> {
     let engine = if workload.qd == 1 {
         "psync"
     } else {
-        "io_uring"
+        ASYNC_ENGINE
     };
     let mut args = vec![
         "--name=directfile-compare".to_string(),
@@ -205,7 +212,7 @@ mod tests {
         workload.qd = 32;
         workload.dsync = false;
         let qd32 = command_line(Path::new("/f"), &workload);
-        assert!(qd32.contains(&"--ioengine=io_uring".to_string()));
+        assert!(qd32.contains(&format!("--ioengine={ASYNC_ENGINE}")));
         assert!(qd32.contains(&"--iodepth=32".to_string()));
         assert!(!qd32.iter().any(|arg| arg.starts_with("--sync")));
     }

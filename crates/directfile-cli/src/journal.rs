@@ -157,6 +157,7 @@ fn fio_dsync_qd1(dir: &Path, runtime: Duration) -> CliResult<Measurement> {
     fio::run(&path, &workload)
 }
 
+#[cfg(unix)]
 fn file_system_name(path: &Path) -> String {
     match sys::file_system_magic(path) {
         Ok(magic) => sys::file_system_name(magic)
@@ -164,6 +165,11 @@ fn file_system_name(path: &Path) -> String {
             .unwrap_or_else(|| format!("file system {magic:#x}")),
         Err(_) => "unknown file system".to_string(),
     }
+}
+
+#[cfg(windows)]
+fn file_system_name(path: &Path) -> String {
+    sys::file_system_name_of(path).unwrap_or_else(|_| "unknown file system".to_string())
 }
 
 /// Whether `journal` is one of the `std::fs` baselines the targets are measured against.

@@ -2,20 +2,24 @@
 //!
 //! The CLI holds no library logic: it parses flags, runs the bench harness (workload loop,
 //! statistics, plot, table) against the library and the baselines users would otherwise reach
-//! for, and prints. The only `unsafe` lives in `sys` (libc calls) and `alloc_count` (the counting
-//! global allocator).
+//! for, and prints. The only `unsafe` lives in `sys` (libc calls; Win32 calls in
+//! `sys_windows.rs`) and `alloc_count` (the counting global allocator). On Windows `sys`,
+//! `device` and `probe` are their `*_windows.rs` forms, with the same names.
 #![deny(unsafe_code)]
 
 mod alloc_count;
 mod args;
 mod bench;
+#[cfg_attr(windows, path = "device_windows.rs")]
 mod device;
 mod error;
 mod fio;
 mod journal;
 mod plot;
+#[cfg_attr(windows, path = "probe_windows.rs")]
 mod probe;
 mod progress;
+#[cfg_attr(windows, path = "sys_windows.rs")]
 mod sys;
 mod table;
 mod tempfile;

@@ -2,8 +2,7 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use io_uring::opcode;
 use serde_json::{json, Value};
@@ -11,8 +10,9 @@ use serde_json::{json, Value};
 use crate::args::ProbeArgs;
 use crate::bench::directfile_backend;
 use crate::device::{self, BlockDevice};
-use crate::error::{cli_error, CliResult};
+use crate::error::CliResult;
 use crate::sys;
+use crate::tempfile::ProbeFile;
 use crate::units::format_bytes;
 
 /// The io_uring opcodes directfile's uring driver submits.
@@ -74,68 +74,6 @@ fn explain_uring_setup_error(err: &io::Error) -> String {
     format!("{why} ({err})")
 }
 
-/// A file to probe in: the user's file, or a temporary file in the directory (removed on drop).
-struct ProbeFile {
-    path: PathBuf,
-    temporary: bool,
-}
-
-impl ProbeFile {
-    fn new(path: &Path) -> CliResult<ProbeFile> {
-        if path.is_dir() {
-            let file = path.join(format!(".directfile-probe-{}", std::process::id()));
-            sys::remove_on_signal(&file)?;
-            fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&file)
-                .map_err(|err| {
-                    sys::forget_on_signal();
-                    cli_error!("cannot create a probe file in {}: {err}", path.display())
-                })?;
-            Ok(ProbeFile {
-                path: file,
-                temporary: true,
-            })
-        } else if path.is_file() {
-            Ok(ProbeFile {
-                path: path.to_path_buf(),
-                temporary: false,
-            })
-        } else if path.exists() {
-            Err(cli_error!(
-                "{} is not a regular file or directory",
-                path.display()
-            ))
-        } else {
-            Err(cli_error!(
-                "{} does not exist: pass an existing file or directory",
-                path.display()
-            ))
-        }
-    }
-
-    /// Tries an open(2) with `flags` added; read-write only on our own temporary file.
-    fn try_open(&self, flags: i32) -> Result<(), String> {
-        fs::OpenOptions::new()
-            .read(true)
-            .write(self.temporary)
-            .custom_flags(flags)
-            .open(&self.path)
-            .map(drop)
-            .map_err(|err| err.to_string())
-    }
-}
-
-impl Drop for ProbeFile {
-    fn drop(&mut self) {
-        if self.temporary {
-            sys::forget_on_signal();
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
 pub fn run(args: ProbeArgs) -> CliResult<()> {
     let target = args.path.clone().unwrap_or_else(|| PathBuf::from("."));
     let probe_file = ProbeFile::new(&target)?;
@@ -150,9 +88,9 @@ pub fn run(args: ProbeArgs) -> CliResult<()> {
             .unwrap_or_else(|| format!("unknown (magic {magic:#x})"))
     });
     let dio_align = sys::statx_dio_align(&probe_file.path);
-    let direct_open = probe_file.try_open(libc::O_DIRECT);
-    let dsync_open = probe_file.try_open(libc::O_DSYNC);
-    let direct_dsync_open = probe_file.try_open(libc::O_DIRECT | libc::O_DSYNC);
+    let direct_open = probe_file.try_open(sys::DIRECT);
+    let dsync_open = probe_file.try_open(sys::WRITE_THROUGH);
+    let direct_dsync_open = probe_file.try_open(sys::DIRECT | sys::WRITE_THROUGH);
     let device = device::block_device(&probe_file.path);
     let (memory_align, offset_align, align_source) = device::direct_io_alignment(&probe_file.path);
     let auto = directfile_backend::auto_choice();

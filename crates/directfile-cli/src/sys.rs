@@ -1,16 +1,51 @@
 //! The few libc calls the CLI makes: statfs(2), statx(2) with STATX_DIOALIGN, getrusage(2), and
 //! signal handling that removes the bench's temporary file or directory on Ctrl-C. All of the CLI's `unsafe`
-//! for system calls is here.
+//! for system calls is here. (Windows: `sys_windows.rs`, with the names the portable code uses.)
 #![allow(unsafe_code)]
 
 use std::ffi::CString;
+use std::fs;
 use std::io;
 use std::mem::MaybeUninit;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::ptr;
 use std::sync::atomic::{AtomicPtr, Ordering};
 use std::time::Duration;
+
+// The names the portable code uses; `sys_windows.rs` provides the same list for Windows:
+// `OpenFlags`, `DIRECT`, `WRITE_THROUGH`, `DIRECT_REFUSED`, `DISK_FILE_SYSTEMS`, `write_at`,
+// `read_at`, `write_all_at`, `cpu_times`, `remove_on_signal`, `forget_on_signal`,
+// `handle_signals_on_thread`, `exit_now`.
+
+/// `open(2)` flags, as `OpenOptionsExt::custom_flags` takes them.
+pub type OpenFlags = i32;
+/// Unbuffered I/O: `O_DIRECT`.
+pub const DIRECT: OpenFlags = libc::O_DIRECT;
+/// Write-through: `O_DSYNC`.
+pub const WRITE_THROUGH: OpenFlags = libc::O_DSYNC;
+/// The error of an open a file system refuses for [`DIRECT`] (`EINVAL`).
+pub const DIRECT_REFUSED: i32 = libc::EINVAL;
+/// The file systems to suggest when one refuses direct I/O.
+pub const DISK_FILE_SYSTEMS: &str = "ext4, xfs or btrfs";
+
+/// `pwrite(2)`: writes `buf` at `offset`; returns the bytes written.
+#[inline]
+pub fn write_at(file: &fs::File, buf: &[u8], offset: u64) -> io::Result<usize> {
+    file.write_at(buf, offset)
+}
+
+/// `pread(2)`: reads into `buf` at `offset`; returns the bytes read.
+#[inline]
+pub fn read_at(file: &fs::File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    file.read_at(buf, offset)
+}
+
+/// Writes all of `buf` at `offset` (`pwrite(2)` until done).
+pub fn write_all_at(file: &fs::File, buf: &[u8], offset: u64) -> io::Result<()> {
+    file.write_all_at(buf, offset)
+}
 
 fn c_path(path: &Path) -> io::Result<CString> {
     CString::new(path.as_os_str().as_bytes()).map_err(|_| {

@@ -84,6 +84,7 @@ impl Drop for BenchFile {
 }
 
 /// Refuses tmpfs and ramfs: O_DIRECT there measures memory copies, not a disk.
+#[cfg(unix)]
 pub fn refuse_memory_file_system(directory: &Path) -> CliResult<()> {
     let magic = sys::file_system_magic(directory).map_err(|err| {
         cli_error!(
@@ -98,6 +99,82 @@ pub fn refuse_memory_file_system(directory: &Path) -> CliResult<()> {
         ));
     }
     Ok(())
+}
+
+/// Windows has no memory file system of its own (a RAM disk is an NTFS or FAT volume whose
+/// driver does unbuffered I/O like a disk's): nothing to refuse beyond what `CreateFileW` with
+/// `FILE_FLAG_NO_BUFFERING` refuses itself.
+#[cfg(windows)]
+pub fn refuse_memory_file_system(_directory: &Path) -> CliResult<()> {
+    Ok(())
+}
+
+/// A file to probe in: the user's file, or a temporary file in the directory (removed on drop,
+/// and on Ctrl-C).
+pub struct ProbeFile {
+    pub path: PathBuf,
+    pub temporary: bool,
+}
+
+impl ProbeFile {
+    pub fn new(path: &Path) -> CliResult<ProbeFile> {
+        if path.is_dir() {
+            let file = path.join(format!(".directfile-probe-{}", std::process::id()));
+            sys::remove_on_signal(&file)?;
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&file)
+                .map_err(|err| {
+                    sys::forget_on_signal();
+                    cli_error!("cannot create a probe file in {}: {err}", path.display())
+                })?;
+            Ok(ProbeFile {
+                path: file,
+                temporary: true,
+            })
+        } else if path.is_file() {
+            Ok(ProbeFile {
+                path: path.to_path_buf(),
+                temporary: false,
+            })
+        } else if path.exists() {
+            Err(cli_error!(
+                "{} is not a regular file or directory",
+                path.display()
+            ))
+        } else {
+            Err(cli_error!(
+                "{} does not exist: pass an existing file or directory",
+                path.display()
+            ))
+        }
+    }
+
+    /// Tries an open with `flags` added (`open(2)` flags, or `CreateFileW`'s on Windows);
+    /// read-write only on our own temporary file.
+    pub fn try_open(&self, flags: sys::OpenFlags) -> Result<(), String> {
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt;
+        #[cfg(windows)]
+        use std::os::windows::fs::OpenOptionsExt;
+        fs::OpenOptions::new()
+            .read(true)
+            .write(self.temporary)
+            .custom_flags(flags)
+            .open(&self.path)
+            .map(drop)
+            .map_err(|err| err.to_string())
+    }
+}
+
+impl Drop for ProbeFile {
+    fn drop(&mut self) {
+        if self.temporary {
+            sys::forget_on_signal();
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// A temporary directory on a disk file system, removed with everything in it on drop and on

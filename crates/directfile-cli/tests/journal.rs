@@ -4,15 +4,14 @@
 
 use std::fs;
 use std::path::PathBuf;
-use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
 use directfile_journal::recovery::scan_segment;
 use directfile_journal::storage::segment_file_name;
 use directfile_journal::{Journal, JournalOptions, StdStorage};
 
 mod common;
-use common::{entries, run_in, BIN};
+use common::{entries, run_in};
 
 /// A fresh directory for one of these tests.
 fn scratch(name: &str) -> PathBuf {
@@ -208,26 +207,28 @@ fn bench_table_compares_with_the_best_baseline() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// Unix only: the test sends SIGINT with kill(1).
+#[cfg(unix)]
 #[test]
 fn bench_interrupted_removes_its_directory() {
     let dir = scratch("bench-interrupt");
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(common::BIN)
         .args(["journal", "bench", "--runtime", "30s", "--writers", "4"])
         .current_dir(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let started = Instant::now();
-    while entries(&dir).is_empty() && started.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(20));
+    let started = std::time::Instant::now();
+    while entries(&dir).is_empty() && started.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
     assert!(
         !entries(&dir).is_empty(),
         "bench never created its directory"
     );
     // Into the measurement, with the journal's files open.
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(std::time::Duration::from_millis(500));
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
         .status()
@@ -377,6 +378,7 @@ fn bad_input_is_one_line() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+#[cfg(target_os = "linux")]
 #[test]
 fn bench_refuses_tmpfs() {
     let Some(tmpfs) = common::tmpfs_mount() else {
@@ -384,7 +386,7 @@ fn bench_refuses_tmpfs() {
         return;
     };
     let before = entries(tmpfs);
-    let output = Command::new(BIN)
+    let output = Command::new(common::BIN)
         .args(["journal", "bench"])
         .arg(tmpfs)
         .output()

@@ -1,10 +1,11 @@
 //! The baselines users would otherwise reach for: `std` (std::fs `write_at`/`read_at` from one OS
 //! thread per in-flight op) and `tokio` (`spawn_blocking` + pwrite/pread; tokio::fs cannot open
-//! with O_DIRECT). Both open the file with O_DIRECT (+ O_DSYNC for --dsync), as fio does.
+//! with O_DIRECT). Both open the file with O_DIRECT (+ O_DSYNC for --dsync), as fio does (on
+//! Windows `FILE_FLAG_NO_BUFFERING`, + `FILE_FLAG_WRITE_THROUGH`, and positional
+//! `seek_write`/`seek_read`).
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Barrier, OnceLock};
@@ -14,6 +15,7 @@ use std::time::Instant;
 use crate::bench::stats::{Measurement, Phase, Recorder};
 use crate::bench::workload::{AlignedVec, OffsetGenerator, Workload};
 use crate::error::{cli_error, CliResult};
+use crate::sys;
 
 /// One positional op on a std file; a short transfer is an error (the file is laid out to
 /// `size`, so it can only mean something went wrong).
@@ -26,9 +28,9 @@ fn positional_op(
 ) -> io::Result<()> {
     let expected = buffer.as_slice().len();
     let done = if write {
-        file.write_at(buffer.as_slice(), offset)?
+        sys::write_at(file, buffer.as_slice(), offset)?
     } else {
-        file.read_at(buffer.as_mut_slice(), offset)?
+        sys::read_at(file, buffer.as_mut_slice(), offset)?
     };
     if done != expected {
         return Err(io::Error::new(
@@ -39,10 +41,38 @@ fn positional_op(
     Ok(())
 }
 
+/// The file a worker of a baseline does its I/O on: the one shared file on Unix, where
+/// `pwrite(2)`/`pread(2)` on one descriptor run in parallel. On Windows each worker opens its
+/// own handle: std's handles are synchronous, and the I/O manager runs the calls made on one
+/// synchronous handle one at a time, which would measure queue depth 1 whatever `--qd` says.
+#[cfg(unix)]
+fn worker_file(
+    shared: &Arc<fs::File>,
+    _path: &Path,
+    _workload: &Workload,
+) -> io::Result<Arc<fs::File>> {
+    Ok(Arc::clone(shared))
+}
+
+/// See the Unix version.
+#[cfg(windows)]
+fn worker_file(
+    _shared: &Arc<fs::File>,
+    path: &Path,
+    workload: &Workload,
+) -> io::Result<Arc<fs::File>> {
+    workload.open_std(path).map(Arc::new)
+}
+
 /// `std`: `qd` OS threads, each doing blocking `write_at`/`read_at` in a loop.
 pub fn run_std(path: &Path, workload: &Workload) -> CliResult<Measurement> {
-    let file = workload
-        .open_std(path)
+    let shared =
+        Arc::new(workload.open_std(path).map_err(|err| {
+            cli_error!("std: cannot open {} with O_DIRECT: {err}", path.display())
+        })?);
+    let files = (0..workload.qd)
+        .map(|_| worker_file(&shared, path, workload))
+        .collect::<io::Result<Vec<_>>>()
         .map_err(|err| cli_error!("std: cannot open {} with O_DIRECT: {err}", path.display()))?;
     let cursor = Arc::new(AtomicU64::new(0));
     let barrier = Barrier::new(workload.qd + 1);
@@ -52,7 +82,7 @@ pub fn run_std(path: &Path, workload: &Workload) -> CliResult<Measurement> {
     let (outcomes, totals) = thread::scope(|scope| {
         let handles: Vec<_> = (0..workload.qd)
             .map(|worker| {
-                let (file, barrier, phase_start) = (&file, &barrier, &phase_start);
+                let (file, barrier, phase_start) = (&*files[worker], &barrier, &phase_start);
                 let mut offsets = OffsetGenerator::new(workload, worker, &cursor);
                 scope.spawn(move || -> io::Result<Recorder> {
                     let mut recorder = Recorder::new(workload.runtime);
@@ -98,7 +128,7 @@ pub fn run_std(path: &Path, workload: &Workload) -> CliResult<Measurement> {
 
 /// `tokio`: `qd` tasks on a multi-thread runtime, each awaiting `spawn_blocking(pwrite)` in a loop.
 pub fn run_tokio(path: &Path, workload: &Workload) -> CliResult<Measurement> {
-    let file =
+    let shared =
         Arc::new(workload.open_std(path).map_err(|err| {
             cli_error!("tokio: cannot open {} with O_DIRECT: {err}", path.display())
         })?);
@@ -109,15 +139,17 @@ pub fn run_tokio(path: &Path, workload: &Workload) -> CliResult<Measurement> {
         .map_err(|err| cli_error!("tokio: cannot build a runtime: {err}"))?;
     let cursor = Arc::new(AtomicU64::new(0));
     let write = workload.rw.is_write();
-    let workers: Vec<_> = (0..workload.qd)
+    let workers = (0..workload.qd)
         .map(|worker| {
-            (
+            Ok((
                 Recorder::new(workload.runtime),
                 AlignedVec::new(workload.bs, workload.memory_align, worker as u64),
                 OffsetGenerator::new(workload, worker, &cursor),
-            )
+                worker_file(&shared, path, workload)?,
+            ))
         })
-        .collect();
+        .collect::<io::Result<Vec<_>>>()
+        .map_err(|err| cli_error!("tokio: cannot open {} with O_DIRECT: {err}", path.display()))?;
     let workload = *workload;
 
     let (outcomes, totals) = runtime.block_on(async move {
@@ -125,8 +157,7 @@ pub fn run_tokio(path: &Path, workload: &Workload) -> CliResult<Measurement> {
         let start = phase.start;
         let deadline = start + workload.runtime;
         let mut handles = Vec::with_capacity(workers.len());
-        for (mut recorder, mut buffer, mut offsets) in workers {
-            let file = Arc::clone(&file);
+        for (mut recorder, mut buffer, mut offsets, file) in workers {
             handles.push(tokio::spawn(async move {
                 loop {
                     let offset = offsets.next_offset();

@@ -1,10 +1,12 @@
-//! directfile's drivers as bench backends: `uring` and `threads` map to the library's
+//! directfile's drivers as bench backends: `uring`, `iocp` and `threads` map to the library's
 //! `BackendChoice`, `auto` lets it pick. `qd` worker futures, each owning one buffer from a
 //! registered pool (fixed-buffer opcodes on io_uring) that every op hands back, run on the
 //! executor the workload names: joined in one future on one thread on `Driver::block_on`
-//! (which waits in the ring on io_uring), on `futures::executor::block_on` (`+futures`) or on
-//! `smol::block_on` (`+smol`, async-io's reactor reaps), or one task each on a tokio
-//! multi-thread runtime (`+tokio`, tokio's reactor reaps).
+//! (which waits in the ring on io_uring, in the port on Windows), on
+//! `futures::executor::block_on` (`+futures`) or on `smol::block_on` (`+smol`, async-io's
+//! reactor reaps on io_uring), or one task each on a tokio multi-thread runtime (`+tokio`,
+//! tokio's reactor reaps on io_uring). On Windows the completion port's reaper thread wakes
+//! the futures of every executor but `Driver::block_on`.
 
 use std::path::Path;
 use std::sync::{Arc, OnceLock};
@@ -20,13 +22,16 @@ use crate::bench::workload::{OffsetGenerator, SplitMix64, Workload};
 use crate::bench::Backend;
 use crate::error::{cli_error, CliResult};
 
-/// Builds a driver with `qd` slots for `backend` (Auto, Uring or Threads). On
+/// Builds a driver with `qd` slots for `backend` (Auto, Uring, Iocp or Threads). On
 /// `Driver::block_on` every operation is submitted and waited for by the one thread that runs
 /// it, which is what cooperative completions need: they are on there. On smol the driver
-/// uses async-io's reactor (tokio's is the default when a future waits in a runtime).
+/// uses async-io's reactor (tokio's is the default when a future waits in a runtime); both
+/// are io_uring's only: on Windows the completion port's reaper thread wakes the futures on
+/// every executor.
 fn driver_for(backend: Backend, queue_depth: usize, executor: ExecutorArg) -> CliResult<Driver> {
     let choice = match backend {
         Backend::Uring => BackendChoice::Uring,
+        Backend::Iocp => BackendChoice::Iocp,
         Backend::Threads => BackendChoice::Threads,
         _ => BackendChoice::Auto,
     };

@@ -31,13 +31,18 @@ pub enum Backend {
     Auto,
     /// directfile's io_uring driver.
     Uring,
-    /// directfile's io_uring driver with its futures on `futures::executor::block_on` (in
-    /// --compare: the path of any executor without a reactor: the driver's reaper thread).
-    UringFutures,
-    /// directfile's io_uring driver on a tokio multi-thread runtime (tokio's reactor reaps).
-    UringTokio,
-    /// directfile's io_uring driver on smol (async-io's reactor reaps).
-    UringSmol,
+    /// directfile's io_uring driver with its futures on another executor than
+    /// `Driver::block_on` (the --compare rows): `futures` is the path of any executor without
+    /// a reactor (the driver's reaper thread); on tokio and smol the runtime's reactor reaps.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))] // --compare's rows on Linux
+    UringOn(ExecutorArg),
+    /// directfile's completion-port driver (Windows).
+    Iocp,
+    /// The completion-port driver with its futures on another executor than
+    /// `Driver::block_on` (the --compare rows on Windows): the port's reaper thread wakes
+    /// them on every one (no runtime reactor there: `crates/directfile/PLATFORMS.md`).
+    #[cfg_attr(not(windows), allow(dead_code))] // --compare's rows on Windows
+    IocpOn(ExecutorArg),
     /// directfile's thread-pool driver.
     Threads,
     Std,
@@ -45,11 +50,29 @@ pub enum Backend {
     Fio,
 }
 
+/// The platform's own directfile driver on `Driver::block_on` and on the other executors (the
+/// `--compare` rows).
+#[cfg(target_os = "linux")]
+const NATIVE: [Backend; 4] = [
+    Backend::Uring,
+    Backend::UringOn(ExecutorArg::Futures),
+    Backend::UringOn(ExecutorArg::Tokio),
+    Backend::UringOn(ExecutorArg::Smol),
+];
+#[cfg(windows)]
+const NATIVE: [Backend; 4] = [
+    Backend::Iocp,
+    Backend::IocpOn(ExecutorArg::Futures),
+    Backend::IocpOn(ExecutorArg::Tokio),
+    Backend::IocpOn(ExecutorArg::Smol),
+];
+
 impl Backend {
     fn from_arg(arg: BackendArg) -> Backend {
         match arg {
             BackendArg::Auto => Backend::Auto,
             BackendArg::Uring => Backend::Uring,
+            BackendArg::Iocp => Backend::Iocp,
             BackendArg::Threads => Backend::Threads,
             BackendArg::Std => Backend::Std,
             BackendArg::Tokio => Backend::Tokio,
@@ -59,10 +82,14 @@ impl Backend {
     pub fn name(self) -> &'static str {
         match self {
             Backend::Auto => "auto",
-            Backend::Uring => "uring",
-            Backend::UringFutures => "uring+futures",
-            Backend::UringTokio => "uring+tokio",
-            Backend::UringSmol => "uring+smol",
+            Backend::Uring | Backend::UringOn(ExecutorArg::Own) => "uring",
+            Backend::UringOn(ExecutorArg::Futures) => "uring+futures",
+            Backend::UringOn(ExecutorArg::Tokio) => "uring+tokio",
+            Backend::UringOn(ExecutorArg::Smol) => "uring+smol",
+            Backend::Iocp | Backend::IocpOn(ExecutorArg::Own) => "iocp",
+            Backend::IocpOn(ExecutorArg::Futures) => "iocp+futures",
+            Backend::IocpOn(ExecutorArg::Tokio) => "iocp+tokio",
+            Backend::IocpOn(ExecutorArg::Smol) => "iocp+smol",
             Backend::Threads => "threads",
             Backend::Std => "std",
             Backend::Tokio => "tokio",
@@ -72,20 +99,20 @@ impl Backend {
 
     fn run(self, path: &Path, workload: &Workload) -> CliResult<Measurement> {
         match self {
-            Backend::Auto | Backend::Uring | Backend::Threads => {
+            Backend::Auto | Backend::Uring | Backend::Iocp | Backend::Threads => {
                 directfile_backend::run(self, path, workload)
             }
-            Backend::UringFutures | Backend::UringTokio | Backend::UringSmol => {
-                let executor = match self {
-                    Backend::UringFutures => ExecutorArg::Futures,
-                    Backend::UringTokio => ExecutorArg::Tokio,
-                    _ => ExecutorArg::Smol,
+            Backend::UringOn(executor) | Backend::IocpOn(executor) => {
+                let driver = if matches!(self, Backend::UringOn(_)) {
+                    Backend::Uring
+                } else {
+                    Backend::Iocp
                 };
                 let workload = Workload {
                     executor,
                     ..*workload
                 };
-                directfile_backend::run(Backend::Uring, path, &workload)
+                directfile_backend::run(driver, path, &workload)
             }
             Backend::Std => backends::run_std(path, workload),
             Backend::Tokio => backends::run_tokio(path, workload),
@@ -162,15 +189,8 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
     }
 
     let (backends, rounds) = if args.compare {
-        let mut backends = vec![
-            Backend::Uring,
-            Backend::UringFutures,
-            Backend::UringTokio,
-            Backend::UringSmol,
-            Backend::Threads,
-            Backend::Std,
-            Backend::Tokio,
-        ];
+        let mut backends = NATIVE.to_vec();
+        backends.extend([Backend::Threads, Backend::Std, Backend::Tokio]);
         if fio::is_installed() {
             backends.push(Backend::Fio);
         } else {
@@ -210,14 +230,7 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
             println!("{}", result.to_json());
         }
     } else {
-        let file_system = sys::file_system_magic(path)
-            .ok()
-            .map(|magic| {
-                sys::file_system_name(magic)
-                    .map(str::to_string)
-                    .unwrap_or_else(|| format!("{magic:#x}"))
-            })
-            .unwrap_or_else(|| "unknown file system".to_string());
+        let file_system = file_system_label(path);
         println!(
             "{} {} QD{}{} on {} ({}, {}; direct-I/O alignment {} B), {:.1} s per run{}",
             workload.rw,
@@ -253,13 +266,38 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
     Ok(())
 }
 
+/// The file system under `path` for the table's title: its name, else its magic number.
+#[cfg(unix)]
+fn file_system_label(path: &Path) -> String {
+    sys::file_system_magic(path)
+        .ok()
+        .map(|magic| {
+            sys::file_system_name(magic)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("{magic:#x}"))
+        })
+        .unwrap_or_else(|| "unknown file system".to_string())
+}
+
+/// The file system under `path` for the table's title: its name as the volume says it.
+#[cfg(windows)]
+fn file_system_label(path: &Path) -> String {
+    sys::file_system_name_of(path).unwrap_or_else(|_| "unknown file system".to_string())
+}
+
 /// Opens the file with O_DIRECT (and O_DSYNC) once, to turn a refusal into a clear message.
 fn check_direct_open(path: &Path, workload: &Workload) -> CliResult<()> {
     match workload.open_std(path) {
         Ok(_) => Ok(()),
-        Err(err) if err.raw_os_error() == Some(libc::EINVAL) => Err(cli_error!(
-            "{}: this file system refuses O_DIRECT ({err}); pass a PATH on ext4, xfs or btrfs",
-            path.display()
+        Err(err) if err.raw_os_error() == Some(sys::DIRECT_REFUSED) => Err(cli_error!(
+            "{}: this file system refuses {} ({err}); pass a PATH on {}",
+            path.display(),
+            if cfg!(windows) {
+                "FILE_FLAG_NO_BUFFERING"
+            } else {
+                "O_DIRECT"
+            },
+            sys::DISK_FILE_SYSTEMS
         )),
         Err(err) if err.kind() == io::ErrorKind::PermissionDenied => Err(cli_error!(
             "{}: permission denied opening it read-write",

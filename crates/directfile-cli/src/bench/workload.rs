@@ -3,7 +3,10 @@
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+#[cfg(unix)]
+use std::os::unix::fs::OpenOptionsExt;
+#[cfg(windows)]
+use std::os::windows::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,6 +14,7 @@ use std::time::Duration;
 
 use crate::args::Rw;
 use crate::bench::stats::WorkloadLabel;
+use crate::sys;
 
 /// One workload, validated: `size` is a non-zero multiple of `bs`, `bs` of `offset_align`.
 #[derive(Debug, Clone, Copy)]
@@ -41,9 +45,10 @@ impl Workload {
         self.size / self.bs as u64
     }
 
-    /// open(2) flags for the baselines: O_DIRECT, plus O_DSYNC for write-through.
-    pub fn open_flags(&self) -> i32 {
-        libc::O_DIRECT | if self.dsync { libc::O_DSYNC } else { 0 }
+    /// open(2) flags for the baselines: O_DIRECT, plus O_DSYNC for write-through (on Windows
+    /// `FILE_FLAG_NO_BUFFERING`, plus `FILE_FLAG_WRITE_THROUGH`).
+    pub fn open_flags(&self) -> sys::OpenFlags {
+        sys::DIRECT | if self.dsync { sys::WRITE_THROUGH } else { 0 }
     }
 
     /// Opens `path` read-write with [`Workload::open_flags`] (for std and tokio).
@@ -156,7 +161,7 @@ pub fn lay_out(path: &Path, workload: &Workload, mut progress: impl FnMut(u64)) 
     let file = fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .custom_flags(libc::O_DIRECT)
+        .custom_flags(sys::DIRECT)
         .open(path)?;
     if file.metadata()?.len() >= workload.size {
         return Ok(());
@@ -167,7 +172,7 @@ pub fn lay_out(path: &Path, workload: &Workload, mut progress: impl FnMut(u64)) 
     let mut offset = 0u64;
     while offset < workload.size {
         let length = chunk.min((workload.size - offset) as usize);
-        file.write_all_at(&buffer.as_mut_slice()[..length], offset)?;
+        sys::write_all_at(&file, &buffer.as_mut_slice()[..length], offset)?;
         offset += length as u64;
         progress(offset);
     }
