@@ -10,10 +10,9 @@
 
 mod common;
 
-use common::{drivers_with, scratch_dir, scratch_file, tokio_runtime, Executor};
-use directfile::{Driver, File, OpenOptions, Reactor};
+use common::{drivers_with, held_pipe, scratch_file, tokio_runtime, Executor, AT_POSITION};
+use directfile::{Driver, File, Reactor};
 use std::future::Future;
-use std::io::Write;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -128,27 +127,6 @@ impl Wake for Count {
     }
 }
 
-/// A FIFO opened through the driver (buffered: a FIFO has no direct I/O) and its writer end:
-/// a read of it stays in flight until a byte is written.
-fn fifo(driver: &Driver, name: &str) -> (File, std::fs::File) {
-    let path = scratch_dir(name).join("fifo");
-    let c_path = std::ffi::CString::new(path.to_str().unwrap()).unwrap();
-    // SAFETY: a valid NUL-terminated path.
-    assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o600) }, 0);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .direct(false)
-        .driver(driver)
-        .open(&path)
-        .unwrap();
-    let writer = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-    (file, writer)
-}
-
-/// Offset -1: "at the file position", which a FIFO needs.
-const AT_POSITION: u64 = u64::MAX;
-
 type ReadFuture =
     Pin<Box<dyn Future<Output = (directfile::Result<usize>, directfile::AlignedBuf)> + Send>>;
 
@@ -162,11 +140,12 @@ fn held_read(file: &File) -> ReadFuture {
 /// then completed), so `rt`'s reactor serves the driver.
 #[cfg(feature = "tokio")]
 fn register_with(rt: &tokio::runtime::Runtime, driver: &Driver) {
-    let (file, mut writer) = fifo(driver, "register");
+    let mut pipe = held_pipe(driver, "register");
+    let file = pipe.file.clone();
     rt.block_on(async {
         let mut read = held_read(&file);
         assert!(futures::poll!(read.as_mut()).is_pending());
-        writer.write_all(b"x").unwrap();
+        pipe.release();
         let (n, _) = read.await;
         assert_eq!(n.unwrap(), 1);
     });
@@ -227,7 +206,8 @@ fn a_second_runtime_is_served_by_the_reaper_thread() {
 fn a_runtime_that_shuts_down_hands_its_waiters_to_the_reaper_thread() {
     for multi_thread in [false, true] {
         for driver in uring_drivers(Executor::TokioCurrentThread) {
-            let (file, mut writer) = fifo(&driver, "shutdown");
+            let mut pipe = held_pipe(&driver, "shutdown");
+            let file = pipe.file.clone();
             let rt = tokio_runtime(multi_thread);
             let count = Arc::new(Count(AtomicUsize::new(0)));
             let waker = Waker::from(count.clone());
@@ -249,7 +229,7 @@ fn a_runtime_that_shuts_down_hands_its_waiters_to_the_reaper_thread() {
             assert_eq!(driver.completion_reactor(), Some("tokio"));
             drop(rt);
             assert_eq!(driver.completion_reactor(), None, "left with its runtime");
-            writer.write_all(b"x").unwrap();
+            pipe.release();
             let deadline = Instant::now() + Duration::from_secs(10);
             while count.0.load(Ordering::SeqCst) == 0 {
                 assert!(
@@ -281,7 +261,8 @@ fn a_runtime_that_shuts_down_hands_its_waiters_to_the_reaper_thread() {
 #[allow(clippy::async_yields_async)]
 fn a_future_moved_out_of_its_runtime_is_reaped_by_the_reaper_thread() {
     for driver in uring_drivers(Executor::TokioCurrentThread) {
-        let (file, mut writer) = fifo(&driver, "moved");
+        let mut pipe = held_pipe(&driver, "moved");
+        let file = pipe.file.clone();
         let rt = tokio_runtime(false);
         let mut read = rt.block_on(async {
             let mut read = held_read(&file);
@@ -295,7 +276,7 @@ fn a_future_moved_out_of_its_runtime_is_reaped_by_the_reaper_thread() {
             .as_mut()
             .poll(&mut Context::from_waker(&waker))
             .is_pending());
-        writer.write_all(b"x").unwrap();
+        pipe.release();
         let deadline = Instant::now() + Duration::from_secs(10);
         while count.0.load(Ordering::SeqCst) == 0 {
             assert!(Instant::now() < deadline, "the moved future was not woken");
