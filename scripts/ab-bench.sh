@@ -5,7 +5,9 @@
 #
 #   scripts/ab-bench.sh FILE BIN_OR_fio...
 #   QD=32 DSYNC=1 ROUNDS=6 RUNTIME=2 BACKEND=uring scripts/ab-bench.sh /mnt/disk/ab.dat old/directfile new/directfile fio
+#   scripts/ab-bench.sh /mnt/disk/ab.dat target/release/directfile target/release/directfile@threads fio
 #
+# BIN@BACKEND runs that build on that backend (the others on $BACKEND).
 # fio runs psync at QD1 and io_uring at higher depths (direct=1, 4 KiB random writes).
 set -euo pipefail
 file=${1:?usage: ab-bench.sh FILE BIN_OR_fio...}
@@ -29,8 +31,11 @@ for _ in $(seq 1 "$rounds"); do
         --runtime="$runtime" --time_based --size=256m --output-format=json 2>/dev/null |
         python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; w=j['write']; print('fio', round(w['iops']), w['clat_ns']['percentile']['50.000000']/1000, round((j['usr_cpu']+j['sys_cpu'])/100*j['elapsed']*1e6/max(w['total_ios'],1),2))"
     else
+      bin=${b%@*}
+      be=$backend
+      [ "$bin" != "$b" ] && be=${b##*@}
       # shellcheck disable=SC2086
-      "$b" bench --backend "$backend" --qd "$qd" $dsync_flag --runtime "${runtime}s" --json "$file" 2>/dev/null |
+      "$bin" bench --backend "$be" --qd "$qd" $dsync_flag --runtime "${runtime}s" --json "$file" 2>/dev/null |
         python3 -c "import json,sys; d=json.loads(sys.stdin.readline()); print(sys.argv[1], round(d['iops']), d['lat_us_p50'], round((d['cpu_usr_s']+d['cpu_sys_s'])*1e6/d['ops'],2))" "$b"
     fi
   done

@@ -57,7 +57,7 @@ fn native_engine(
 use crate::buf::BufPool;
 #[cfg(target_os = "linux")]
 use crate::buf::FixedRegistration;
-use crate::op::slot::{SlotInner, Slots};
+use crate::op::slot::{OpDesc, SlotInner, Slots};
 use crate::sync::{AtomicBool, Ordering};
 use crate::{Error, Result};
 use std::fmt;
@@ -551,6 +551,33 @@ impl Engine {
             // The reaper thread always waits in the port.
             #[cfg(windows)]
             Engine::Iocp(_) => {}
+        }
+    }
+
+    /// Whether another thread completes `desc`, one that may need the CPU of a thread spinning
+    /// for it (`driver::spin`): on the thread pool, every operation (a worker does it); on
+    /// io_uring, an `O_DSYNC` write (the file system's direct-I/O completion worker flushes on
+    /// a device without FUA) and whatever io_uring hands to its io-wq workers (syncs,
+    /// allocations, size changes, the sync linked after a write).
+    pub(crate) fn completed_by_a_thread(&self, desc: &OpDesc) -> bool {
+        match self {
+            Engine::Threads(_) => true,
+            #[cfg(any(target_os = "linux", windows))]
+            _ => !matches!(
+                desc,
+                OpDesc::Nop
+                    | OpDesc::Read { .. }
+                    | OpDesc::Write {
+                        dsync: false,
+                        sync: false,
+                        ..
+                    }
+                    | OpDesc::Writev {
+                        dsync: false,
+                        sync: false,
+                        ..
+                    }
+            ),
         }
     }
 

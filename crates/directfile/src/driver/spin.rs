@@ -17,11 +17,22 @@
 //! operations costs one budget's worth of CPU, and a device that becomes fast again is
 //! noticed within that many operations.
 //!
+//! How it spins depends on who completes the operation. A read or a plain write is completed
+//! from the device's interrupt: the spinning thread only has to look, and a pure spin catches
+//! it soonest. An `O_DSYNC` write (on a device without FUA the file system flushes in its
+//! direct-I/O completion worker), a sync, an allocation or a size change (io_uring hands them
+//! to its io-wq worker) and anything on the thread pool (a worker does it) are completed by a
+//! kernel or driver thread that may need this very CPU: there the spin yields it
+//! (`sched_yield`) between looks. Measured on the 2-core virtio machine (docs/BENCHMARKS.md,
+//! "The spin budget"): QD1 `O_DSYNC` p50 172.6 us with a pure spin (which mostly ran out of
+//! budget and backed off) against 121.8 us yielding, while for plain writes yielding cost
+//! 7 us of p50 (54.6 against 61.6).
+//!
 //! The counters are a heuristic and guard no memory: a lost update only changes whether one
-//! wait spins, so plain relaxed atomics suffice (the completion path's correctness never
+//! wait spins or how, so plain relaxed atomics suffice (the completion path's correctness never
 //! depends on whether a waiter spun).
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 /// Misses in a row that start a back-off.
@@ -37,6 +48,9 @@ pub(crate) struct Spin {
     skip: AtomicU32,
     /// Misses in a row (reset by a hit).
     misses: AtomicU32,
+    /// The operation submitted last is completed by another thread that may need this CPU.
+    /// At queue depth 1, the only spin there is, that is the operation spun for.
+    yields: AtomicBool,
 }
 
 impl Spin {
@@ -45,6 +59,24 @@ impl Spin {
             budget,
             skip: AtomicU32::new(0),
             misses: AtomicU32::new(0),
+            yields: AtomicBool::new(false),
+        }
+    }
+
+    /// Records, at each submission, whether another thread completes the operation.
+    pub(crate) fn submitted(&self, completed_by_a_thread: bool) {
+        if self.yields.load(Ordering::Relaxed) != completed_by_a_thread {
+            self.yields.store(completed_by_a_thread, Ordering::Relaxed);
+        }
+    }
+
+    /// Between two looks of a spin: give the CPU to whoever completes the operation, or only
+    /// pause the CPU's pipeline.
+    pub(crate) fn pause(&self) {
+        if self.yields.load(Ordering::Relaxed) {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
         }
     }
 

@@ -870,7 +870,7 @@ impl Uring {
             if start.elapsed() >= budget {
                 return false;
             }
-            std::hint::spin_loop();
+            shared.spin.pause();
         }
     }
 

@@ -108,6 +108,9 @@ impl Op {
             submission
         };
         let generation = submission.generation();
+        shared
+            .spin
+            .submitted(shared.engine.completed_by_a_thread(&desc));
         match shared.engine.submit(shared, submission) {
             Ok(()) => {
                 self.state = OpState::Submitted { index, generation };
@@ -157,7 +160,7 @@ impl Future for Op {
                     if done.is_some() || start.elapsed() >= budget {
                         break;
                     }
-                    std::hint::spin_loop();
+                    shared.spin.pause();
                     shared.engine.run_task_work();
                     shared.engine.reap(shared);
                 }
