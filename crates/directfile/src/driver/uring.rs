@@ -75,8 +75,10 @@ enum Room<'a> {
 
 /// The most entries left queued for the reaper's next `io_uring_enter`; the pusher that fills
 /// the batch submits it. Unbounded batches made completions arrive in waves that kept the
-/// device's queue half empty between them (README, "What was tried").
-const SUBMIT_BATCH: usize = 8;
+/// device's queue half empty between them; on the virtio disk in its fast phase 2 did 3-7 %
+/// more IOPS than 8 (parity with fio instead of 0.96x) for 0.3 us more CPU per write, and on
+/// the memory-backed ext4 the batch no longer mattered (docs/BENCHMARKS.md, "Submission batch").
+const SUBMIT_BATCH: usize = 2;
 
 fn user_data(index: u32, generation: u32) -> u64 {
     (u64::from(generation) << 32) | u64::from(index)
