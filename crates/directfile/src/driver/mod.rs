@@ -211,9 +211,11 @@ impl DriverBuilder {
     }
 
     /// How long a future polled while it is the only operation in flight waits for its
-    /// completion on the polling thread before yielding (the queue-depth-1 latency path; a
-    /// wake-up from another thread costs tens of microseconds). `Duration::ZERO` disables it.
-    /// Default 250 us.
+    /// completion on the polling thread before it sleeps (the queue-depth-1 latency path; a
+    /// wake-up from another thread costs tens of microseconds). While it waits it yields the
+    /// CPU between looks when another thread completes the operation (an `O_DSYNC` write, a
+    /// sync, anything on the thread pool), and spins that run out of budget back off.
+    /// `Duration::ZERO` disables it. Default 250 us.
     pub fn spin(mut self, budget: Duration) -> Self {
         self.spin = budget;
         self
