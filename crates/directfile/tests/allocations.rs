@@ -114,8 +114,7 @@ fn count(executor: Executor, driver: &directfile::Driver, explicit_sync: bool) {
         let unit = file.alignment().offset;
         let pool = driver.buf_pool(DEPTH, 4096.max(unit), 4096);
         // With the feature, tokio's and async-io's reactors reap io_uring's completions.
-        let expects_reactor = cfg!(target_os = "linux")
-            && driver.backend().to_string() == "uring"
+        let expects_reactor = driver.backend() == directfile::Backend::Uring
             && match executor {
                 Executor::TokioMultiThread | Executor::TokioCurrentThread => {
                     cfg!(feature = "tokio")

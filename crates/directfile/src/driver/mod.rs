@@ -557,30 +557,10 @@ impl Engine {
     }
 
     /// Whether another thread completes `desc`, one that may need the CPU of a thread spinning
-    /// for it (`driver::spin`): on the thread pool, every operation (a worker does it); on
-    /// io_uring, an `O_DSYNC` write (the file system's direct-I/O completion worker flushes on
-    /// a device without FUA) and whatever io_uring hands to its io-wq workers (syncs,
-    /// allocations, size changes, the sync linked after a write).
+    /// for it (`driver::spin`): on the thread pool, every operation (a worker does it);
+    /// elsewhere, what the kernel does not complete from the interrupt.
     pub(crate) fn completed_by_a_thread(&self, desc: &OpDesc) -> bool {
-        match self {
-            Engine::Threads(_) => true,
-            #[cfg(any(target_os = "linux", windows))]
-            _ => !matches!(
-                desc,
-                OpDesc::Nop
-                    | OpDesc::Read { .. }
-                    | OpDesc::Write {
-                        dsync: false,
-                        sync: false,
-                        ..
-                    }
-                    | OpDesc::Writev {
-                        dsync: false,
-                        sync: false,
-                        ..
-                    }
-            ),
-        }
+        matches!(self, Engine::Threads(_)) || !desc.completes_from_interrupt()
     }
 
     /// Whether a future polled on this thread may spin for its completion (on the thread pool,

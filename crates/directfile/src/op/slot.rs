@@ -67,6 +67,32 @@ pub(crate) enum OpDesc {
     },
 }
 
+impl OpDesc {
+    /// Whether the kernel completes this operation from the device's interrupt, with no thread
+    /// of its own: a read, a plain write, a no-op. An `O_DSYNC` write (the file system's
+    /// direct-I/O completion worker flushes on a device without FUA), a write with a linked
+    /// sync, a sync, an allocation and a size change (io_uring's io-wq workers) are completed
+    /// by a kernel thread that may need the CPU of a thread spinning for them
+    /// (`driver::spin`).
+    pub(crate) fn completes_from_interrupt(&self) -> bool {
+        matches!(
+            self,
+            OpDesc::Nop
+                | OpDesc::Read { .. }
+                | OpDesc::Write {
+                    dsync: false,
+                    sync: false,
+                    ..
+                }
+                | OpDesc::Writev {
+                    dsync: false,
+                    sync: false,
+                    ..
+                }
+        )
+    }
+}
+
 /// The buffers an operation owns while it is in flight.
 #[derive(Debug, Default)]
 pub(crate) enum OpBufs {
@@ -571,25 +597,85 @@ mod tests {
         Context::from_waker(Waker::noop())
     }
 
+    /// Takes a free slot (there must be one).
+    fn acquire(slots: &Slots) -> u32 {
+        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx(), &mut None) else {
+            panic!("no free slot")
+        };
+        i
+    }
+
+    /// Arms slot `i` with a no-op that owns `bufs`; returns its generation.
+    fn arm(slots: &Slots, i: u32, bufs: OpBufs) -> u32 {
+        Slots::arm(&mut slots.lock(i), sys::NO_HANDLE, OpDesc::Nop, bufs, fd())
+    }
+
+    /// One look at the slot, registering no waker: the result if the operation is over.
+    fn look(slots: &Slots, i: u32, g: u32) -> Option<Finished> {
+        slots.take_or_register(i, g, None, || false).done()
+    }
+
+    /// A waker that counts its wake-ups.
+    struct Count(std::sync::atomic::AtomicUsize);
+    impl std::task::Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    fn counting_waker() -> (Arc<Count>, Waker) {
+        let count = Arc::new(Count(std::sync::atomic::AtomicUsize::new(0)));
+        (count.clone(), Waker::from(count))
+    }
+
+    #[test]
+    fn only_reads_and_plain_writes_complete_from_the_interrupt() {
+        let write = |dsync, sync| OpDesc::Write {
+            offset: 0,
+            ptr: std::ptr::null(),
+            len: 0,
+            fixed: None,
+            dsync,
+            sync,
+        };
+        let writev = |dsync, sync| OpDesc::Writev {
+            offset: 0,
+            dsync,
+            sync,
+        };
+        let read = OpDesc::Read {
+            offset: 0,
+            ptr: std::ptr::null_mut(),
+            len: 0,
+            fixed: None,
+        };
+        for desc in [OpDesc::Nop, read, write(false, false), writev(false, false)] {
+            assert!(desc.completes_from_interrupt(), "{desc:?}");
+        }
+        for desc in [
+            write(true, false),
+            write(false, true),
+            writev(true, false),
+            writev(false, true),
+            OpDesc::Fsync { datasync: true },
+            OpDesc::Fallocate {
+                mode: 0,
+                offset: 0,
+                len: 0,
+            },
+            OpDesc::Ftruncate { len: 0 },
+        ] {
+            assert!(!desc.completes_from_interrupt(), "{desc:?}");
+        }
+    }
+
     #[test]
     fn complete_then_take() {
         let slots = Slots::new(2, 4);
-        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx(), &mut None) else {
-            panic!()
-        };
-        let g = Slots::arm(
-            &mut slots.lock(i),
-            sys::NO_HANDLE,
-            OpDesc::Nop,
-            OpBufs::None,
-            fd(),
-        );
-        assert!(slots
-            .take_or_register(i, g, None, || false)
-            .done()
-            .is_none());
+        let i = acquire(&slots);
+        let g = arm(&slots, i, OpBufs::None);
+        assert!(look(&slots, i, g).is_none());
         slots.complete(i, g, 7);
-        let f = slots.take_or_register(i, g, None, || false).done().unwrap();
+        let f = look(&slots, i, g).unwrap();
         assert_eq!(f.res, 7);
         assert_eq!(slots.in_flight(), 0);
         assert_eq!(slots.lock(i).generation, g + 1);
@@ -614,9 +700,7 @@ mod tests {
             (4096, -io_error, true, -io_error),
             (-io_error, -sys::CANCELED, false, -io_error),
         ] {
-            let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx(), &mut None) else {
-                panic!()
-            };
+            let i = acquire(&slots);
             let g = {
                 let mut slot = slots.lock(i);
                 let g = Slots::arm(&mut slot, sys::NO_HANDLE, OpDesc::Nop, OpBufs::None, fd());
@@ -625,26 +709,14 @@ mod tests {
             };
             if sync_first {
                 slots.complete(i, g, sync);
-                assert!(
-                    slots
-                        .take_or_register(i, g, None, || false)
-                        .done()
-                        .is_none(),
-                    "half done"
-                );
+                assert!(look(&slots, i, g).is_none(), "half done");
                 slots.complete_linked_write(i, g, write);
             } else {
                 slots.complete_linked_write(i, g, write);
-                assert!(
-                    slots
-                        .take_or_register(i, g, None, || false)
-                        .done()
-                        .is_none(),
-                    "half done"
-                );
+                assert!(look(&slots, i, g).is_none(), "half done");
                 slots.complete(i, g, sync);
             }
-            let f = slots.take_or_register(i, g, None, || false).done().unwrap();
+            let f = look(&slots, i, g).unwrap();
             assert_eq!(f.res, expected, "write {write} sync {sync}");
             assert_eq!(slots.in_flight(), 0);
             assert!(!slots.lock(i).linked, "disarmed");
@@ -654,18 +726,10 @@ mod tests {
     #[test]
     fn orphan_frees_on_completion_and_returns_buffer() {
         let slots = Slots::new(1, 4);
-        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx(), &mut None) else {
-            panic!()
-        };
+        let i = acquire(&slots);
         let pool = crate::BufPool::unregistered(1, 512, 512);
         let buf = pool.try_get().unwrap();
-        let g = Slots::arm(
-            &mut slots.lock(i),
-            sys::NO_HANDLE,
-            OpDesc::Nop,
-            OpBufs::One(buf),
-            fd(),
-        );
+        let g = arm(&slots, i, OpBufs::One(buf));
         assert!(slots.abandon(i, g));
         // The kernel still owns the buffer: it must not be back in the pool yet.
         assert_eq!(pool.available(), 0);
@@ -677,55 +741,28 @@ mod tests {
 
     #[test]
     fn full_table_queues_waiters_and_release_wakes_one() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        struct Count(AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let count = Arc::new(Count(AtomicUsize::new(0)));
-        let waker = Waker::from(count.clone());
+        use std::sync::atomic::Ordering;
+        let (count, waker) = counting_waker();
         let slots = Slots::new(1, 4);
-        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx(), &mut None) else {
-            panic!()
-        };
+        let i = acquire(&slots);
         let mut ticket = None;
         assert!(slots
             .poll_acquire(&mut Context::from_waker(&waker), &mut ticket)
             .is_pending());
-        let g = Slots::arm(
-            &mut slots.lock(i),
-            sys::NO_HANDLE,
-            OpDesc::Nop,
-            OpBufs::None,
-            fd(),
-        );
+        let g = arm(&slots, i, OpBufs::None);
         slots.complete(i, g, 0);
         assert_eq!(count.0.load(Ordering::SeqCst), 0);
-        slots.take_or_register(i, g, None, || false).done().unwrap();
+        look(&slots, i, g).unwrap();
         assert_eq!(count.0.load(Ordering::SeqCst), 1);
         assert!(slots.poll_acquire(&mut noop_cx(), &mut ticket).is_ready());
     }
 
     #[test]
     fn a_waiter_that_gives_up_does_not_strand_the_next_one() {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        struct Count(AtomicUsize);
-        impl std::task::Wake for Count {
-            fn wake(self: Arc<Self>) {
-                self.0.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let (x_count, y_count) = (
-            Arc::new(Count(AtomicUsize::new(0))),
-            Arc::new(Count(AtomicUsize::new(0))),
-        );
-        let (x_waker, y_waker) = (Waker::from(x_count.clone()), Waker::from(y_count.clone()));
+        use std::sync::atomic::Ordering;
+        let ((x_count, x_waker), (y_count, y_waker)) = (counting_waker(), counting_waker());
         let slots = Slots::new(1, 4);
-        let Poll::Ready(i) = slots.poll_acquire(&mut noop_cx(), &mut None) else {
-            panic!()
-        };
+        let i = acquire(&slots);
         let (mut x, mut y) = (None, None);
         assert!(slots
             .poll_acquire(&mut Context::from_waker(&x_waker), &mut x)
@@ -735,15 +772,9 @@ mod tests {
             .is_pending());
         // X gives up (dropped, or lost a select!) before any slot is free.
         slots.cancel_wait(x.unwrap());
-        let g = Slots::arm(
-            &mut slots.lock(i),
-            sys::NO_HANDLE,
-            OpDesc::Nop,
-            OpBufs::None,
-            fd(),
-        );
+        let g = arm(&slots, i, OpBufs::None);
         slots.complete(i, g, 0);
-        slots.take_or_register(i, g, None, || false).done().unwrap();
+        look(&slots, i, g).unwrap();
         assert_eq!(
             x_count.0.load(Ordering::SeqCst),
             0,
@@ -758,19 +789,13 @@ mod tests {
         assert!(slots
             .poll_acquire(&mut Context::from_waker(&x_waker), &mut z)
             .is_pending());
-        let g = Slots::arm(
-            &mut slots.lock(j),
-            sys::NO_HANDLE,
-            OpDesc::Nop,
-            OpBufs::None,
-            fd(),
-        );
+        let g = arm(&slots, j, OpBufs::None);
         slots.complete(j, g, 0);
         let mut w = None;
         assert!(slots
             .poll_acquire(&mut Context::from_waker(&y_waker), &mut w)
             .is_pending());
-        slots.take_or_register(j, g, None, || false).done().unwrap(); // release pops z (x_waker)
+        look(&slots, j, g).unwrap(); // release pops z (x_waker)
         assert_eq!(x_count.0.load(Ordering::SeqCst), 1);
         slots.cancel_wait(z.unwrap()); // z will not use it: w must be woken
         assert_eq!(y_count.0.load(Ordering::SeqCst), 2);
@@ -831,11 +856,7 @@ mod loom_model {
                 None => {
                     // We registered first: the completion must have woken us.
                     assert_eq!(counter.0.load(Ordering::SeqCst), 1);
-                    slots
-                        .take_or_register(i, g, None, || false)
-                        .done()
-                        .expect("completed")
-                        .res
+                    look(&slots, i, g).expect("completed").res
                 }
             };
             assert_eq!(res, 42);
@@ -910,10 +931,7 @@ mod loom_model {
             if let State::Completed(res) = slots.lock(i).state {
                 assert_eq!(res, 512);
                 assert_eq!(counter.0.load(Ordering::SeqCst), 1, "woken once");
-                slots
-                    .take_or_register(i, g, None, || false)
-                    .done()
-                    .expect("completed");
+                look(&slots, i, g).expect("completed");
             }
             assert_eq!(pool.available(), 1);
             assert_eq!(slots.in_flight(), 0);
