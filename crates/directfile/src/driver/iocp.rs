@@ -163,14 +163,16 @@ pub(crate) enum Outcome {
 /// Classifies a call's return. A read at or past the end of the file that fails at once with
 /// `ERROR_HANDLE_EOF` read 0 bytes. `ERROR_MORE_DATA` (a message-mode pipe's partial read) is
 /// a warning status, for which a packet is queued although the call returned FALSE: it is
-/// treated as pending so that the packet, not the call, completes the slot.
+/// treated as pending so that the packet, not the call, completes the slot. `transferred`
+/// reads the byte count from the OVERLAPPED; it is called only for a call that returned TRUE,
+/// since on any other return the kernel may still be writing the OVERLAPPED.
 pub(crate) fn outcome(
     ret: std::result::Result<(), u32>,
-    overlapped: &OVERLAPPED,
+    transferred: impl FnOnce() -> u32,
     read: bool,
 ) -> Outcome {
     match ret {
-        Ok(()) => Outcome::Completed(overlapped.InternalHigh as u32),
+        Ok(()) => Outcome::Completed(transferred()),
         Err(ERROR_IO_PENDING | ERROR_MORE_DATA) => Outcome::Pending,
         Err(ERROR_HANDLE_EOF) if read => Outcome::Completed(0),
         Err(e) => Outcome::Failed(e),
@@ -493,9 +495,15 @@ impl Iocp {
             // SAFETY: the slot keeps the buffer; the entry lives as long as the driver, which
             // outlives every operation.
             let ret = unsafe { self.calls.start(call, raw) };
-            // SAFETY: on a pending call the kernel may write the OVERLAPPED, but `outcome`
-            // reads it only for a call that did not pend.
-            let outcome = outcome(ret, unsafe { &*raw }, read);
+            let outcome = outcome(
+                ret,
+                // SAFETY: `outcome` calls this only after a TRUE return: the call is over and
+                // no packet will come (FILE_SKIP_COMPLETION_PORT_ON_SUCCESS), so the kernel no
+                // longer writes the OVERLAPPED; the field is read through the raw pointer, with
+                // no reference to an OVERLAPPED that a pending call could be writing.
+                || unsafe { (*raw).InternalHigh as u32 },
+                read,
+            );
             match outcome {
                 Outcome::Pending => return Step::Pending,
                 Outcome::Completed(bytes) => {
@@ -978,25 +986,33 @@ mod tests {
 
     #[test]
     fn outcome_tells_the_three_returns_apart() {
-        let ov = OVERLAPPED {
-            InternalHigh: 4096,
-            ..OVERLAPPED::default()
-        };
-        assert_eq!(outcome(Ok(()), &ov, false), Outcome::Completed(4096));
-        assert_eq!(outcome(Err(ERROR_IO_PENDING), &ov, false), Outcome::Pending);
+        let ov = || 4096;
+        assert_eq!(outcome(Ok(()), ov, false), Outcome::Completed(4096));
+        assert_eq!(outcome(Err(ERROR_IO_PENDING), ov, false), Outcome::Pending);
         assert_eq!(
-            outcome(Err(ERROR_DISK_FULL), &ov, false),
+            outcome(Err(ERROR_DISK_FULL), ov, false),
             Outcome::Failed(ERROR_DISK_FULL)
         );
         assert_eq!(
-            outcome(Err(ERROR_HANDLE_EOF), &ov, true),
+            outcome(Err(ERROR_HANDLE_EOF), ov, true),
             Outcome::Completed(0)
         );
         assert_eq!(
-            outcome(Err(ERROR_HANDLE_EOF), &ov, false),
+            outcome(Err(ERROR_HANDLE_EOF), ov, false),
             Outcome::Failed(ERROR_HANDLE_EOF)
         );
-        assert_eq!(outcome(Err(ERROR_MORE_DATA), &ov, true), Outcome::Pending);
+        assert_eq!(outcome(Err(ERROR_MORE_DATA), ov, true), Outcome::Pending);
+        // The OVERLAPPED is not read unless the call returned TRUE: a pending call's kernel
+        // may be writing it.
+        let untouched = || -> u32 { panic!("the OVERLAPPED was read after a FALSE return") };
+        assert_eq!(
+            outcome(Err(ERROR_IO_PENDING), untouched, true),
+            Outcome::Pending
+        );
+        assert_eq!(
+            outcome(Err(ERROR_DISK_FULL), untouched, false),
+            Outcome::Failed(ERROR_DISK_FULL)
+        );
     }
 
     #[test]
