@@ -856,7 +856,11 @@ mod loom_model {
                 None => {
                     // We registered first: the completion must have woken us.
                     assert_eq!(counter.0.load(Ordering::SeqCst), 1);
-                    look(&slots, i, g).expect("completed").res
+                    slots
+                        .take_or_register(i, g, None, || false)
+                        .done()
+                        .expect("completed")
+                        .res
                 }
             };
             assert_eq!(res, 42);
@@ -931,7 +935,10 @@ mod loom_model {
             if let State::Completed(res) = slots.lock(i).state {
                 assert_eq!(res, 512);
                 assert_eq!(counter.0.load(Ordering::SeqCst), 1, "woken once");
-                look(&slots, i, g).expect("completed");
+                slots
+                    .take_or_register(i, g, None, || false)
+                    .done()
+                    .expect("completed");
             }
             assert_eq!(pool.available(), 1);
             assert_eq!(slots.in_flight(), 0);
