@@ -232,7 +232,8 @@ pub struct BenchArgs {
     pub executor: ExecutorArg,
 
     /// Run directfile (both drivers), std, tokio and fio (when installed) on the same file,
-    /// alternating them, and print one table of medians with ratios to fio.
+    /// alternating them (each round in a different order), and print one table of medians
+    /// with ratios to fio (each the median of the per-round ratios to that round's fio).
     #[arg(long)]
     pub compare: bool,
 

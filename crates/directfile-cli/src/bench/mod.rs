@@ -205,9 +205,7 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
 
     let mut rounds_by_backend: Vec<Vec<Measurement>> = vec![Vec::new(); backends.len()];
     for round in 0..rounds {
-        // Rotate the order each round so no backend always runs first (or right after another).
-        for step in 0..backends.len() {
-            let index = (step + round) % backends.len();
+        for index in round_order(backends.len(), round) {
             let backend = backends[index];
             let label = if rounds > 1 {
                 format!("{:>7} round {}/{}", backend.name(), round + 1, rounds)
@@ -248,8 +246,12 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
                 String::new()
             }
         );
-        print!("{}", table(&results));
+        print!(
+            "{}",
+            table(&results, &paired_ratios(&backends, &rounds_by_backend))
+        );
         if rounds > 1 && backends.contains(&Backend::Fio) {
+            println!("x fio: the median of a backend's per-round ratios to that round's fio (paired, so the device's drift between rounds cancels)");
             println!("per round: IOPS, and x that round's fio (the device's phase shows in fio's own rate)");
             print!("{}", rounds_table(&backends, &rounds_by_backend));
         }
@@ -264,6 +266,33 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
     }
     drop(target);
     Ok(())
+}
+
+/// The order in which round `round` runs `count` backends: a walk through the list that starts
+/// at `round` and steps by the round's stride, a number coprime with `count` (1, then the next
+/// ones, cycled). A plain rotation would keep every backend's neighbours the same in every
+/// round, so whatever one run leaves in the device (the host's dirty cache after a fast writer,
+/// say) would always fall on the same next run; with the strides each backend starts a round
+/// first or late and follows different ones.
+fn round_order(count: usize, round: usize) -> Vec<usize> {
+    if count == 0 {
+        return Vec::new();
+    }
+    let strides: Vec<usize> = (1..count.max(2))
+        .filter(|&stride| gcd(stride, count) == 1)
+        .collect();
+    let stride = strides[round % strides.len()];
+    (0..count)
+        .map(|step| (round + step * stride) % count)
+        .collect()
+}
+
+fn gcd(a: usize, b: usize) -> usize {
+    if b == 0 {
+        a
+    } else {
+        gcd(b, a % b)
+    }
 }
 
 /// The file system under `path` for the table's title: its name, else its magic number.
@@ -307,9 +336,53 @@ fn check_direct_open(path: &Path, workload: &Workload) -> CliResult<()> {
     }
 }
 
-/// The results table; ratio columns against fio when fio is among the results.
-pub fn table(results: &[Measurement]) -> String {
-    let fio = results.iter().find(|m| m.backend == "fio");
+/// A backend's ratios to fio: IOPS and p50 latency, each the median over the rounds of its
+/// ratio to the same round's fio.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FioRatios {
+    pub iops: f64,
+    pub lat_p50: f64,
+}
+
+/// Each backend's [`FioRatios`], `None` for all when fio did not run. Pairing each run with
+/// its own round's fio cancels the device's slow drift, which a ratio of the two medians keeps
+/// whenever the phase changed while the rounds ran.
+pub fn paired_ratios(
+    backends: &[Backend],
+    rounds_by_backend: &[Vec<Measurement>],
+) -> Vec<Option<FioRatios>> {
+    let Some(fio) = backends.iter().position(|&b| b == Backend::Fio) else {
+        return vec![None; rounds_by_backend.len()];
+    };
+    let fio_rounds = &rounds_by_backend[fio];
+    rounds_by_backend
+        .iter()
+        .map(|measurements| {
+            let pairs: Vec<(&Measurement, &Measurement)> = measurements
+                .iter()
+                .zip(fio_rounds)
+                .filter(|(_, f)| f.iops > 0.0 && f.lat_us_p50 > 0.0)
+                .collect();
+            if pairs.is_empty() {
+                return None;
+            }
+            let mut iops: Vec<f64> = pairs.iter().map(|(m, f)| m.iops / f.iops).collect();
+            let mut lat: Vec<f64> = pairs
+                .iter()
+                .map(|(m, f)| m.lat_us_p50 / f.lat_us_p50)
+                .collect();
+            Some(FioRatios {
+                iops: stats::median(&mut iops),
+                lat_p50: stats::median(&mut lat),
+            })
+        })
+        .collect()
+}
+
+/// The results table (the medians of each backend's rounds); the ratio columns, `ratios[i]`
+/// for `results[i]`, when fio ran.
+pub fn table(results: &[Measurement], ratios: &[Option<FioRatios>]) -> String {
+    let with_fio = ratios.iter().any(Option::is_some);
     let header = [
         "backend",
         "IOPS",
@@ -325,20 +398,18 @@ pub fn table(results: &[Measurement]) -> String {
         "sys s",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|s| s.to_string()).collect()];
-    let ratio = |value: f64, reference: Option<f64>| match reference {
-        Some(reference) if reference > 0.0 && value.is_finite() => {
-            format!("{:.2}", value / reference)
-        }
+    let ratio = |value: Option<f64>| match value {
+        Some(value) if value.is_finite() => format!("{value:.2}"),
         _ => "-".to_string(),
     };
-    for m in results {
+    for (m, ratios) in results.iter().zip(ratios) {
         rows.push(vec![
             m.backend.clone(),
             format_count(m.iops),
-            ratio(m.iops, fio.map(|f| f.iops)),
+            ratio(ratios.map(|r| r.iops)),
             format!("{:.1}", m.bw_bytes_per_s / (1 << 20) as f64),
             format!("{:.1}", m.lat_us_p50),
-            ratio(m.lat_us_p50, fio.map(|f| f.lat_us_p50)),
+            ratio(ratios.map(|r| r.lat_p50)),
             format!("{:.1}", m.lat_us_p99),
             format!("{:.1}", m.lat_us_p999),
             format!("{:.1}", m.lat_us_max),
@@ -350,7 +421,7 @@ pub fn table(results: &[Measurement]) -> String {
         ]);
     }
     let keep: Vec<bool> = (0..header.len())
-        .map(|column| fio.is_some() || header[column] != "x fio")
+        .map(|column| with_fio || header[column] != "x fio")
         .collect();
     crate::table::render(&rows, &keep)
 }
@@ -385,6 +456,39 @@ pub fn rounds_table(backends: &[Backend], rounds_by_backend: &[Vec<Measurement>]
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn round_order_runs_each_backend_once_and_changes_neighbours() {
+        for count in 1..=9 {
+            for round in 0..6 {
+                let mut order = round_order(count, round);
+                assert_eq!(order.len(), count);
+                order.sort_unstable();
+                assert_eq!(order, (0..count).collect::<Vec<_>>(), "count {count}");
+            }
+        }
+        // The --compare list on Linux: eight backends, fio last. Over five rounds fio follows
+        // four different backends, and the first driver follows fio at most twice.
+        let predecessors = |target: usize| -> Vec<Option<usize>> {
+            (0..5)
+                .map(|round| {
+                    let order = round_order(8, round);
+                    let at = order.iter().position(|&i| i == target).unwrap();
+                    at.checked_sub(1).map(|before| order[before])
+                })
+                .collect()
+        };
+        let mut fio_after = predecessors(7);
+        fio_after.sort_unstable();
+        fio_after.dedup();
+        assert!(fio_after.len() >= 4, "{fio_after:?}");
+        let uring_after = predecessors(0);
+        assert!(
+            uring_after.iter().filter(|&&p| p == Some(7)).count() <= 2,
+            "{uring_after:?}"
+        );
+        assert_eq!(round_order(8, 0), (0..8).collect::<Vec<_>>());
+    }
 
     #[test]
     fn rounds_table_shows_each_rounds_fio_and_ratios() {
@@ -426,6 +530,58 @@ mod tests {
     }
 
     #[test]
+    fn paired_ratios_pair_each_round_with_its_fio() {
+        let recorder = stats::Recorder::new(std::time::Duration::from_secs(1));
+        let totals = stats::PhaseTotals {
+            elapsed: std::time::Duration::from_secs(1),
+            allocations: 0,
+            cpu_user: std::time::Duration::ZERO,
+            cpu_system: std::time::Duration::ZERO,
+        };
+        let label = stats::WorkloadLabel {
+            rw: crate::args::Rw::Randwrite,
+            bs_bytes: 4096,
+            qd: 32,
+            dsync: false,
+        };
+        let run = |name: &str, iops: f64, p50: f64| {
+            let mut m = Measurement::from_records(name, label, &recorder, &totals);
+            m.iops = iops;
+            m.lat_us_p50 = p50;
+            m
+        };
+        // The device slows down in round 2: uring is ahead of fio in two rounds of three, which
+        // the medians (90k against 100k) would hide.
+        let ratios = paired_ratios(
+            &[Backend::Uring, Backend::Fio],
+            &[
+                vec![
+                    run("uring", 90_000.0, 300.0),
+                    run("uring", 55_000.0, 600.0),
+                    run("uring", 120_000.0, 250.0),
+                ],
+                vec![
+                    run("fio", 100_000.0, 300.0),
+                    run("fio", 50_000.0, 500.0),
+                    run("fio", 100_000.0, 250.0),
+                ],
+            ],
+        );
+        let uring = ratios[0].expect("fio ran");
+        assert!((uring.iops - 1.1).abs() < 1e-9, "{uring:?}");
+        assert!((uring.lat_p50 - 1.0).abs() < 1e-9, "{uring:?}");
+        assert_eq!(
+            ratios[1],
+            Some(FioRatios {
+                iops: 1.0,
+                lat_p50: 1.0
+            })
+        );
+        let without_fio = paired_ratios(&[Backend::Uring], &[vec![run("uring", 1.0, 1.0)]]);
+        assert_eq!(without_fio, vec![None]);
+    }
+
+    #[test]
     fn table_shows_ratios_only_with_fio() {
         let recorder = stats::Recorder::new(std::time::Duration::from_secs(1));
         let totals = stats::PhaseTotals {
@@ -443,14 +599,21 @@ mod tests {
         let mut uring = Measurement::from_records("uring", label, &recorder, &totals);
         uring.iops = 950.0;
         uring.lat_us_p50 = 110.0;
-        let without = table(std::slice::from_ref(&uring));
+        let without = table(
+            std::slice::from_ref(&uring),
+            &paired_ratios(&[Backend::Uring], &[vec![uring.clone()]]),
+        );
         assert!(!without.contains("x fio"), "{without}");
         let mut fio = uring.clone();
         fio.backend = "fio".into();
         fio.iops = 1000.0;
         fio.lat_us_p50 = 100.0;
         fio.allocs_per_op = None;
-        let with = table(&[uring, fio]);
+        let ratios = paired_ratios(
+            &[Backend::Uring, Backend::Fio],
+            &[vec![uring.clone()], vec![fio.clone()]],
+        );
+        let with = table(&[uring, fio], &ratios);
         assert!(with.contains("x fio"), "{with}");
         let uring_row = with.lines().find(|line| line.starts_with("uring")).unwrap();
         assert!(
