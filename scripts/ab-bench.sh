@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A/B of directfile builds (and fio) on one file, alternated round by round: the way a change on
 # the hot path is measured before and after. Prints one line per run (name, IOPS, p50 µs, CPU µs
-# per write) and, at the end, the medians.
+# per write) and, at the end, the medians, with each build's median ratio to the same round's fio.
 #
 #   scripts/ab-bench.sh FILE BIN_OR_fio...
 #   QD=32 DSYNC=1 ROUNDS=6 RUNTIME=2 BACKEND=uring scripts/ab-bench.sh /mnt/disk/ab.dat old/directfile new/directfile fio
@@ -47,6 +47,14 @@ runs = collections.defaultdict(list)
 for line in open(sys.argv[1]):
     name, iops, p50, cpu = line.split()
     runs[name].append((float(iops), float(p50), float(cpu)))
+fio = runs.get("fio")
 for name, v in runs.items():
-    print(f"{name:40} IOPS {statistics.median(x[0] for x in v):9.0f}  p50 {statistics.median(x[1] for x in v):7.1f} us  CPU/write {statistics.median(x[2] for x in v):6.1f} us")
+    line = f"{name:40} IOPS {statistics.median(x[0] for x in v):9.0f}  p50 {statistics.median(x[1] for x in v):7.1f} us  CPU/write {statistics.median(x[2] for x in v):6.1f} us"
+    if fio and name != "fio":
+        # Paired with the same round's fio: the device's drift between rounds cancels.
+        iops = sorted(a[0] / f[0] for a, f in zip(v, fio) if f[0] > 0)
+        p50 = sorted(a[1] / f[1] for a, f in zip(v, fio) if f[1] > 0)
+        above = sum(r >= 1.0 for r in iops)
+        line += f"  x fio per round: IOPS {statistics.median(iops):.2f} ({above}/{len(iops)} rounds >= 1), p50 {statistics.median(p50):.2f}"
+    print(line)
 PY
