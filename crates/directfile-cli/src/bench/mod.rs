@@ -24,6 +24,9 @@ use crate::sys;
 use crate::tempfile::BenchFile;
 use crate::units::{format_bytes, format_count};
 
+/// The page size the baselines' buffers are aligned to (at least).
+const PAGE: u64 = 4096;
+
 /// Everything a bench can run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Backend {
@@ -169,7 +172,10 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
         size: args.size / args.bs * args.bs,
         runtime: args.runtime,
         dsync: args.dsync,
-        memory_align: memory_align.max(512) as usize,
+        // Page-aligned, as fio's buffers and directfile's own (`Alignment::buffer_align`): a
+        // 4 KiB buffer on a 512 B boundary straddles two pages, so each request carries two
+        // segments, which cost the baselines 5 µs of p50 per write at QD1 on the virtio disk.
+        memory_align: memory_align.max(PAGE) as usize,
         executor: args.executor,
     };
     check_direct_open(path, &workload)?;

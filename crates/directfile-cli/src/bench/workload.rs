@@ -25,7 +25,7 @@ pub struct Workload {
     pub size: u64,
     pub runtime: Duration,
     pub dsync: bool,
-    /// Buffer alignment for O_DIRECT, in bytes.
+    /// Alignment of the baselines' O_DIRECT buffers, in bytes: the file's, but at least a page.
     pub memory_align: usize,
     /// What runs directfile's futures.
     pub executor: crate::args::ExecutorArg,
