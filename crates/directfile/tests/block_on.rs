@@ -309,3 +309,68 @@ fn nested_block_on_of_two_drivers() {
         wait_idle(outer);
     }
 }
+
+/// At queue depth 1 under `Driver::block_on` on io_uring, reads and writes run both through
+/// the ring and as a blocking call on this thread (`DriverBuilder::inline_at_qd1`), with the
+/// same results; with it off, on the thread pool, or on another executor, never inline.
+#[test]
+fn queue_depth_one_runs_inline_and_through_the_ring_alike() {
+    const OPS: u64 = 200;
+    for inline in [true, false] {
+        for driver in common::drivers_with(|b| b.inline_at_qd1(inline)) {
+            let file = scratch_file(&driver, "block-on-inline");
+            let unit = file.alignment().offset;
+            driver.block_on(async {
+                let mut buf = file.alloc_buf(unit);
+                for i in 0..OPS {
+                    buf.set_len(unit);
+                    buf.fill(i as u8);
+                    let (n, b) = file.write_at(buf, i * unit as u64).await;
+                    assert_eq!(n.unwrap(), unit);
+                    buf = b;
+                }
+                let mut halves = vec![file.alloc_buf(unit), file.alloc_buf(unit)];
+                for (k, half) in halves.iter_mut().enumerate() {
+                    half.set_len(unit);
+                    half.fill(0xa0 + k as u8);
+                }
+                let (n, _) = file.write_vectored_at(halves, OPS * unit as u64).await;
+                assert_eq!(n.unwrap(), 2 * unit);
+                for i in 0..OPS + 2 {
+                    buf.set_len(unit);
+                    let (n, b) = file.read_at(buf, i * unit as u64).await;
+                    assert_eq!(n.unwrap(), unit);
+                    let expected = if i < OPS {
+                        i as u8
+                    } else {
+                        0xa0 + (i - OPS) as u8
+                    };
+                    assert!(b.iter().all(|&x| x == expected), "block {i}");
+                    buf = b;
+                }
+            });
+            let ran = driver.inline_ops();
+            let total = 2 * OPS + 3;
+            if inline && driver.backend() == directfile::Backend::Uring {
+                // The ring goes first and is tried again every few dozen operations.
+                assert!(ran >= 1 && ran < total, "{ran} of {total} inline");
+            } else {
+                assert_eq!(ran, 0, "{}", driver.backend());
+            }
+            futures::executor::block_on(async {
+                let mut buf = file.alloc_buf(unit);
+                for i in 0..8u64 {
+                    buf.set_len(unit);
+                    let (n, b) = file.read_at(buf, i * unit as u64).await;
+                    assert_eq!(n.unwrap(), unit);
+                    buf = b;
+                }
+            });
+            assert_eq!(
+                driver.inline_ops(),
+                ran,
+                "another executor never runs inline"
+            );
+        }
+    }
+}

@@ -9,6 +9,7 @@
 
 #[cfg(target_os = "linux")]
 mod gate;
+mod inline;
 #[cfg(windows)]
 mod iocp;
 // The runtime reactors register io_uring's eventfd: Linux only (`Reactor` says what the other
@@ -170,6 +171,7 @@ pub struct DriverBuilder {
     max_iovecs: usize,
     cooperative: bool,
     reactor: Reactor,
+    inline_at_qd1: bool,
     #[cfg(feature = "fault-injection")]
     faults: Option<crate::fault::FaultPlan>,
 }
@@ -184,6 +186,7 @@ impl Default for DriverBuilder {
             max_iovecs: 64,
             cooperative: false,
             reactor: Reactor::Auto,
+            inline_at_qd1: true,
             #[cfg(feature = "fault-injection")]
             faults: None,
         }
@@ -218,6 +221,20 @@ impl DriverBuilder {
     /// `Duration::ZERO` disables it. Default 250 us.
     pub fn spin(mut self, budget: Duration) -> Self {
         self.spin = budget;
+        self
+    }
+
+    /// On io_uring under [`Driver::block_on`], a read or write that is the only operation in
+    /// flight may run as one blocking system call on the calling thread instead of through
+    /// the ring, whichever has been faster lately: each path's recent latency is measured and
+    /// the other path is tried now and then. The blocking call skips the file system's
+    /// completion worker; the ring spares the thread a sleep. Which one wins depends on the
+    /// machine at the time (docs/BENCHMARKS.md, "Queue depth 1"). Only under
+    /// `Driver::block_on`, whose thread waits for that operation anyway; never on another
+    /// executor. The result, the buffers, cancellation and fault injection are the same on
+    /// both paths. On by default; `false` keeps every operation on the ring.
+    pub fn inline_at_qd1(mut self, on: bool) -> Self {
+        self.inline_at_qd1 = on;
         self
     }
 
@@ -342,6 +359,7 @@ impl DriverBuilder {
             slots: Slots::new(self.queue_depth, self.max_iovecs),
             engine,
             spin: spin::Spin::new(self.spin),
+            inline: inline::Inline::new(self.inline_at_qd1),
             closed: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
             backend,
@@ -374,6 +392,7 @@ pub(crate) struct Shared {
     pub(crate) slots: Slots,
     pub(crate) engine: Engine,
     pub(crate) spin: spin::Spin,
+    pub(crate) inline: inline::Inline,
     closed: AtomicBool,
     shutdown: AtomicBool,
     backend: Backend,
@@ -565,6 +584,35 @@ impl Engine {
 
     /// Whether a future polled on this thread may spin for its completion (on the thread pool,
     /// workers complete operations; see `Uring::may_spin`).
+    /// Whether a read or write just armed in slot `desc` may run inline (`driver::inline`):
+    /// on io_uring, on the thread that runs `Driver::block_on`, as the only operation in
+    /// flight.
+    pub(crate) fn inline_candidate(&self, shared: &Shared, desc: &OpDesc) -> bool {
+        match self {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(u) => {
+                shared.inline.enabled()
+                    && matches!(
+                        desc,
+                        OpDesc::Read { .. } | OpDesc::Write { .. } | OpDesc::Writev { .. }
+                    )
+                    && shared.slots.in_flight() == 1
+                    && u.owned_here()
+            }
+            _ => {
+                let _ = (shared, desc);
+                false
+            }
+        }
+    }
+
+    /// Runs the operation armed in slot `index` as blocking system calls on this thread and
+    /// records its completion (through the fault plan, as any other).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn run_inline(&self, shared: &Shared, index: u32, generation: u32) {
+        threads::run_inline(shared, index, generation);
+    }
+
     pub(crate) fn may_spin(&self) -> bool {
         match self {
             #[cfg(target_os = "linux")]
@@ -756,6 +804,12 @@ impl Driver {
             Engine::Uring(u) => u.reaper_waits(),
             _ => 0,
         }
+    }
+
+    /// How many operations ran as a blocking call on the thread in `Driver::block_on`
+    /// instead of through the ring ([`DriverBuilder::inline_at_qd1`]; 0 off io_uring).
+    pub fn inline_ops(&self) -> u64 {
+        self.shared().inline.ran()
     }
 
     /// How many times a runtime's reactor called the driver to reap its completions (0 off

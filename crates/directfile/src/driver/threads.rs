@@ -179,20 +179,55 @@ fn worker(shared: &Arc<Shared>) {
         // SAFETY: the job is off the queue, so the slot (InFlight, or Orphaned if the future is
         // dropped meanwhile) is freed only by our `complete` below: until then it keeps the
         // buffers, iovecs and descriptor referred to by `desc`.
-        let res = unsafe { run(fd, desc, iov_ptr, iov_len) };
-        let res = match desc {
-            // SyncStrategy::ExplicitSync: the write completes once a data sync after it does.
-            // Even a synchronous O_DSYNC write is not synced by every file system (FUSE with
-            // FOPEN_DIRECT_IO sends no FUSE_FSYNC for it). On Windows the sync is
-            // FlushFileBuffers, after a FILE_FLAG_WRITE_THROUGH write.
-            OpDesc::Write { sync: true, .. } | OpDesc::Writev { sync: true, .. } => {
-                // SAFETY: a data sync of the open descriptor; no memory is passed.
-                let synced = unsafe { run(fd, OpDesc::Fsync { datasync: true }, iov_ptr, 0) };
-                crate::op::slot::Slots::linked_result(res, synced)
-            }
-            _ => res,
-        };
+        let res = unsafe { run_op(fd, desc, iov_ptr, iov_len) };
         shared.complete(index, generation, res);
+    }
+}
+
+/// Runs the operation armed in slot `index` with blocking syscalls on this thread and records
+/// its completion: `driver::inline`, on io_uring under `Driver::block_on`.
+#[cfg(target_os = "linux")]
+pub(crate) fn run_inline(shared: &Shared, index: u32, generation: u32) {
+    let (fd, desc, iov, iov_len) = {
+        let slot = shared.slots.lock(index);
+        (
+            slot.fd,
+            slot.desc,
+            slot.iovecs.0.as_ptr(),
+            slot.iovecs.0.len(),
+        )
+    };
+    // SAFETY: the slot was armed by this thread's `Op::poll_submit` and is submitted nowhere
+    // else, so nothing completes or frees it before the `complete` below: until then it owns
+    // the buffers, the iovecs and the descriptor that `desc` refers to.
+    let res = unsafe { run_op(fd, desc, iov, iov_len) };
+    shared.complete(index, generation, res);
+}
+
+/// Runs one operation with blocking syscalls, the explicit sync after a write included.
+/// Returns the byte count or a negative errno.
+///
+/// # Safety
+/// As for [`run`].
+pub(crate) unsafe fn run_op(
+    fd: crate::sys::RawHandle,
+    desc: OpDesc,
+    iov: *const crate::sys::IoVec,
+    iov_len: usize,
+) -> i32 {
+    // SAFETY: the caller's guarantee, passed on.
+    let res = unsafe { run(fd, desc, iov, iov_len) };
+    match desc {
+        // SyncStrategy::ExplicitSync: the write completes once a data sync after it does.
+        // Even a synchronous O_DSYNC write is not synced by every file system (FUSE with
+        // FOPEN_DIRECT_IO sends no FUSE_FSYNC for it). On Windows the sync is
+        // FlushFileBuffers, after a FILE_FLAG_WRITE_THROUGH write.
+        OpDesc::Write { sync: true, .. } | OpDesc::Writev { sync: true, .. } => {
+            // SAFETY: a data sync of the open descriptor; no memory is passed.
+            let synced = unsafe { run(fd, OpDesc::Fsync { datasync: true }, iov, 0) };
+            crate::op::slot::Slots::linked_result(res, synced)
+        }
+        _ => res,
     }
 }
 

@@ -551,6 +551,11 @@ impl Uring {
         self.standby.owner() != thread_token()
     }
 
+    /// Whether this thread runs `Driver::block_on` on the ring.
+    pub(crate) fn owned_here(&self) -> bool {
+        self.standby.owner() == thread_token()
+    }
+
     /// Wakes the reaper if it sleeps: called after a slot became unattended.
     pub(crate) fn kick(&self) {
         // Not while a `block_on` thread owns the ring: it reaps (and the reaper's watchdog

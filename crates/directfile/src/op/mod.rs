@@ -33,6 +33,9 @@ enum OpState {
     Submitted {
         index: u32,
         generation: u32,
+        /// A queue-depth-1 operation under `Driver::block_on` on io_uring: when it was
+        /// submitted, and whether it ran inline (`driver::inline` compares the two paths).
+        qd1: Option<(Instant, bool)>,
     },
     Done,
 }
@@ -103,17 +106,35 @@ impl Op {
                     }
                 }
             }
+            let candidate = shared.engine.inline_candidate(shared, &desc);
+            #[cfg(target_os = "linux")]
+            if candidate && shared.inline.choose() {
+                drop(slot);
+                let started = Instant::now();
+                shared.engine.run_inline(shared, index, generation);
+                self.state = OpState::Submitted {
+                    index,
+                    generation,
+                    qd1: Some((started, true)),
+                };
+                return Poll::Ready(None);
+            }
             let submission = shared.engine.prepare(&slot, index, generation);
             slot.linked = submission.linked();
-            submission
+            (submission, candidate.then(Instant::now))
         };
+        let (submission, qd1_started) = submission;
         let generation = submission.generation();
         shared
             .spin
             .submitted(shared.engine.completed_by_a_thread(&desc));
         match shared.engine.submit(shared, submission) {
             Ok(()) => {
-                self.state = OpState::Submitted { index, generation };
+                self.state = OpState::Submitted {
+                    index,
+                    generation,
+                    qd1: qd1_started.map(|started| (started, false)),
+                };
                 Poll::Ready(None)
             }
             Err(e) => {
@@ -136,7 +157,12 @@ impl Future for Op {
                 Poll::Ready(None) => {}
             }
         }
-        let OpState::Submitted { index, generation } = this.state else {
+        let OpState::Submitted {
+            index,
+            generation,
+            qd1,
+        } = this.state
+        else {
             panic!("Op polled after completion");
         };
         let shared = this.driver.shared();
@@ -191,6 +217,10 @@ impl Future for Op {
         match done {
             Some(f) => {
                 this.state = OpState::Done;
+                if let Some((started, inline)) = qd1 {
+                    let nanos = started.elapsed().as_nanos().min(u64::MAX as u128) as u64;
+                    shared.inline.record(inline, nanos);
+                }
                 let res = if f.res < 0 {
                     Err(Error::from_errno(-f.res))
                 } else {
@@ -206,7 +236,9 @@ impl Future for Op {
 impl Drop for Op {
     fn drop(&mut self) {
         match std::mem::replace(&mut self.state, OpState::Done) {
-            OpState::Submitted { index, generation } => {
+            OpState::Submitted {
+                index, generation, ..
+            } => {
                 let shared = self.driver.shared();
                 if shared.slots.abandon(index, generation) {
                     shared.engine.cancel(shared, index, generation);
