@@ -17,16 +17,17 @@
 //! operations costs one budget's worth of CPU, and a device that becomes fast again is
 //! noticed within that many operations.
 //!
-//! How it spins depends on who completes the operation. A read or a plain write is completed
-//! from the device's interrupt: the spinning thread only has to look, and a pure spin catches
-//! it soonest. An `O_DSYNC` write (on a device without FUA the file system flushes in its
-//! direct-I/O completion worker), a sync, an allocation or a size change (io_uring hands them
-//! to its io-wq worker) and anything on the thread pool (a worker does it) are completed by a
-//! kernel or driver thread that may need this very CPU: there the spin yields it
-//! (`sched_yield`) between looks. Measured on the 2-core virtio machine (docs/BENCHMARKS.md,
-//! "The spin budget"): QD1 `O_DSYNC` p50 172.6 us with a pure spin (which mostly ran out of
-//! budget and backed off) against 121.8 us yielding, while for plain writes yielding cost
-//! 7 us of p50 (54.6 against 61.6).
+//! How it spins depends on who completes the operation. An `O_DSYNC` write (on a device
+//! without FUA the file system flushes in its direct-I/O completion worker), a sync, an
+//! allocation or a size change (io_uring hands them to its io-wq worker) and anything on the
+//! thread pool (a worker does it) are completed by a kernel or driver thread that may need
+//! this very CPU for a while: there the spin yields it (`sched_yield`) between looks. Measured
+//! on the 2-core virtio machine (docs/BENCHMARKS.md, "The spin budget"): QD1 `O_DSYNC` p50
+//! 172.6 us with a pure spin (which mostly ran out of budget and backed off) against 121.8 us
+//! yielding. Reads complete from the device's interrupt, and a plain write's completion work
+//! on ext4 and xfs is short (iomap's worker only hands it to io_uring): for those a pure spin
+//! catches the completion soonest; yielding there cost 7 us of p50 one day (54.6 against 61.6)
+//! and a tenth of the IOPS another (0.75x fio against 0.85x).
 //!
 //! The counters are a heuristic and guard no memory: a lost update only changes whether one
 //! wait spins or how, so plain relaxed atomics suffice (the completion path's correctness never
