@@ -463,6 +463,27 @@ pub fn rounds_table(backends: &[Backend], rounds_by_backend: &[Vec<Measurement>]
 mod tests {
     use super::*;
 
+    /// A QD32 randwrite measurement of `iops` and p50 `p50` µs (the rest empty).
+    fn run(name: &str, iops: f64, p50: f64) -> Measurement {
+        let recorder = stats::Recorder::new(std::time::Duration::from_secs(1));
+        let totals = stats::PhaseTotals {
+            elapsed: std::time::Duration::from_secs(1),
+            allocations: 0,
+            cpu_user: std::time::Duration::ZERO,
+            cpu_system: std::time::Duration::ZERO,
+        };
+        let label = stats::WorkloadLabel {
+            rw: crate::args::Rw::Randwrite,
+            bs_bytes: 4096,
+            qd: 32,
+            dsync: false,
+        };
+        let mut m = Measurement::from_records(name, label, &recorder, &totals);
+        m.iops = iops;
+        m.lat_us_p50 = p50;
+        m
+    }
+
     #[test]
     fn round_order_runs_each_backend_once_and_changes_neighbours() {
         for count in 1..=9 {
@@ -498,24 +519,7 @@ mod tests {
 
     #[test]
     fn rounds_table_shows_each_rounds_fio_and_ratios() {
-        let recorder = stats::Recorder::new(std::time::Duration::from_secs(1));
-        let totals = stats::PhaseTotals {
-            elapsed: std::time::Duration::from_secs(1),
-            allocations: 0,
-            cpu_user: std::time::Duration::ZERO,
-            cpu_system: std::time::Duration::ZERO,
-        };
-        let label = stats::WorkloadLabel {
-            rw: crate::args::Rw::Randwrite,
-            bs_bytes: 4096,
-            qd: 32,
-            dsync: false,
-        };
-        let with_iops = |name: &str, iops: f64| {
-            let mut m = Measurement::from_records(name, label, &recorder, &totals);
-            m.iops = iops;
-            m
-        };
+        let with_iops = |name: &str, iops: f64| run(name, iops, 100.0);
         let table = rounds_table(
             &[Backend::Uring, Backend::Fio],
             &[
@@ -537,25 +541,6 @@ mod tests {
 
     #[test]
     fn paired_ratios_pair_each_round_with_its_fio() {
-        let recorder = stats::Recorder::new(std::time::Duration::from_secs(1));
-        let totals = stats::PhaseTotals {
-            elapsed: std::time::Duration::from_secs(1),
-            allocations: 0,
-            cpu_user: std::time::Duration::ZERO,
-            cpu_system: std::time::Duration::ZERO,
-        };
-        let label = stats::WorkloadLabel {
-            rw: crate::args::Rw::Randwrite,
-            bs_bytes: 4096,
-            qd: 32,
-            dsync: false,
-        };
-        let run = |name: &str, iops: f64, p50: f64| {
-            let mut m = Measurement::from_records(name, label, &recorder, &totals);
-            m.iops = iops;
-            m.lat_us_p50 = p50;
-            m
-        };
         // The device slows down in round 2: uring is ahead of fio in two rounds of three, which
         // the medians (90k against 100k) would hide.
         let ratios = paired_ratios(
@@ -589,22 +574,7 @@ mod tests {
 
     #[test]
     fn table_shows_ratios_only_with_fio() {
-        let recorder = stats::Recorder::new(std::time::Duration::from_secs(1));
-        let totals = stats::PhaseTotals {
-            elapsed: std::time::Duration::from_secs(1),
-            allocations: 0,
-            cpu_user: std::time::Duration::ZERO,
-            cpu_system: std::time::Duration::ZERO,
-        };
-        let label = stats::WorkloadLabel {
-            rw: crate::args::Rw::Randwrite,
-            bs_bytes: 4096,
-            qd: 32,
-            dsync: false,
-        };
-        let mut uring = Measurement::from_records("uring", label, &recorder, &totals);
-        uring.iops = 950.0;
-        uring.lat_us_p50 = 110.0;
+        let uring = run("uring", 950.0, 110.0);
         let without = table(
             std::slice::from_ref(&uring),
             &paired_ratios(&[Backend::Uring], &[vec![uring.clone()]]),

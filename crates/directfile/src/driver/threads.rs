@@ -169,12 +169,7 @@ fn worker(shared: &Arc<Shared>) {
                 }
                 other => unreachable!("queued job in slot state {other:?}"),
             }
-            (
-                slot.fd,
-                slot.desc,
-                slot.iovecs.0.as_ptr(),
-                slot.iovecs.0.len(),
-            )
+            operation(&slot)
         };
         // SAFETY: the job is off the queue, so the slot (InFlight, or Orphaned if the future is
         // dropped meanwhile) is freed only by our `complete` below: until then it keeps the
@@ -188,20 +183,29 @@ fn worker(shared: &Arc<Shared>) {
 /// its completion: `driver::inline`, on io_uring under `Driver::block_on`.
 #[cfg(target_os = "linux")]
 pub(crate) fn run_inline(shared: &Shared, index: u32, generation: u32) {
-    let (fd, desc, iov, iov_len) = {
-        let slot = shared.slots.lock(index);
-        (
-            slot.fd,
-            slot.desc,
-            slot.iovecs.0.as_ptr(),
-            slot.iovecs.0.len(),
-        )
-    };
+    let (fd, desc, iov, iov_len) = operation(&shared.slots.lock(index));
     // SAFETY: the slot was armed by this thread's `Op::poll_submit` and is submitted nowhere
     // else, so nothing completes or frees it before the `complete` below: until then it owns
     // the buffers, the iovecs and the descriptor that `desc` refers to.
     let res = unsafe { run_op(fd, desc, iov, iov_len) };
     shared.complete(index, generation, res);
+}
+
+/// What `run_op` needs of an armed slot: its descriptor, operation and iovecs.
+fn operation(
+    slot: &crate::op::slot::SlotInner,
+) -> (
+    crate::sys::RawHandle,
+    OpDesc,
+    *const crate::sys::IoVec,
+    usize,
+) {
+    (
+        slot.fd,
+        slot.desc,
+        slot.iovecs.0.as_ptr(),
+        slot.iovecs.0.len(),
+    )
 }
 
 /// Runs one operation with blocking syscalls, the explicit sync after a write included.
