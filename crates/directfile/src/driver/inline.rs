@@ -9,17 +9,18 @@
 //! (`driver::spin`). A blocking call skips the worker: the interrupt wakes the calling thread,
 //! which finishes the operation itself, but it sleeps meanwhile, and a sleeping CPU can be slow
 //! to wake in a virtual machine. Which costs less depends on the machine at the time: on the
-//! 2-vCPU virtio guest, one afternoon the ring's spin had a p50 of 51 us against a blocking
-//! call's 59, and another the ring 48 us against 40 (docs/BENCHMARKS.md, "Queue depth 1").
+//! 2-vCPU virtio guest, one morning the ring's spin had a p50 of 51 us against 65.5 for a
+//! blocking call (on a buffer that straddled two pages, which was worth about 6 us of it), and
+//! that afternoon the ring 52 us against 43 (docs/BENCHMARKS.md, "Queue depth 1").
 //!
 //! So both are measured, from submission to the future seeing its result: an average of each
 //! path's recent latencies (each new one weighs 1/16; one above four times the average counts
 //! as four times the average, so a stall of the device does not swing the choice), the faster
 //! one is taken, and every `PROBE`-th operation takes the other one, to notice when the
 //! machine changes. Near-ties go to the blocking call, which sleeps where the ring's wait
-//! spins: half the CPU per operation. Only under `Driver::block_on`: the thread waits there for this operation
-//! anyway, while on another executor a blocking call would hold up the runtime's other tasks
-//! for as long as the device takes.
+//! spins: half the CPU per operation. Only under `Driver::block_on`: the thread waits there
+//! for this operation anyway, while on another executor a blocking call would hold up the
+//! runtime's other tasks for as long as the device takes.
 //!
 //! The averages are a heuristic and guard no memory: relaxed atomics, a lost update only
 //! changes one choice.

@@ -582,8 +582,6 @@ impl Engine {
         matches!(self, Engine::Threads(_)) || !desc.completes_from_interrupt()
     }
 
-    /// Whether a future polled on this thread may spin for its completion (on the thread pool,
-    /// workers complete operations; see `Uring::may_spin`).
     /// Whether a read or write just armed in slot `desc` may run inline (`driver::inline`):
     /// on io_uring, on the thread that runs `Driver::block_on`, as the only operation in
     /// flight.
@@ -613,6 +611,8 @@ impl Engine {
         threads::run_inline(shared, index, generation);
     }
 
+    /// Whether a future polled on this thread may spin for its completion (on the thread pool,
+    /// workers complete operations; see `Uring::may_spin`).
     pub(crate) fn may_spin(&self) -> bool {
         match self {
             #[cfg(target_os = "linux")]
