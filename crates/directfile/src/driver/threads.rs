@@ -184,9 +184,12 @@ fn worker(shared: &Arc<Shared>) {
 #[cfg(target_os = "linux")]
 pub(crate) fn run_inline(shared: &Shared, index: u32, generation: u32) {
     let (fd, desc, iov, iov_len) = operation(&shared.slots.lock(index));
-    // SAFETY: the slot was armed by this thread's `Op::poll_submit` and is submitted nowhere
-    // else, so nothing completes or frees it before the `complete` below: until then it owns
-    // the buffers, the iovecs and the descriptor that `desc` refers to.
+    // SAFETY: the slot was armed by the `Op::poll_submit` that is calling us, and is in no
+    // queue (no SQE, no job), so nothing but the `complete` below can complete it. Freeing it
+    // (`Slots::disarm`, which drops the buffers, the iovecs and the descriptor's `Arc`) needs
+    // that completion and then the future taking the result, or the future being dropped
+    // (orphaning waits for a completion too); the future is borrowed by this very call. So
+    // until `complete`, the buffers, iovecs and descriptor that `desc` refers to stay valid.
     let res = unsafe { run_op(fd, desc, iov, iov_len) };
     shared.complete(index, generation, res);
 }
@@ -213,7 +216,7 @@ fn operation(
 ///
 /// # Safety
 /// As for [`run`].
-pub(crate) unsafe fn run_op(
+unsafe fn run_op(
     fd: crate::sys::RawHandle,
     desc: OpDesc,
     iov: *const crate::sys::IoVec,
