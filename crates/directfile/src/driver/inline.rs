@@ -17,7 +17,7 @@
 //! path's recent latencies (each new one weighs 1/16; one above four times the average counts
 //! as four times the average, so a stall of the device does not swing the choice), the faster
 //! one is taken, and every `PROBE`-th operation takes the other one, to notice when the
-//! machine changes. Near-ties go to the blocking call, which sleeps where the ring's wait
+//! machine changes (every `PROBE_FAR`-th while the faster one is ahead by more than 1/8). Near-ties go to the blocking call, which sleeps where the ring's wait
 //! spins: half the CPU per operation. Only under `Driver::block_on`: the thread waits there
 //! for this operation anyway, while on another executor a blocking call would hold up the
 //! runtime's other tasks for as long as the device takes.
@@ -28,10 +28,18 @@
 // The choice is io_uring's only; elsewhere `Driver::inline_ops` reads a 0 from `ran`.
 #![cfg_attr(not(target_os = "linux"), allow(dead_code))]
 
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 
-/// One operation in this many takes the path that is not the faster one.
+/// One operation in this many takes the path that is not the faster one, while the two are
+/// within `FAR_SHIFT` of each other...
 const PROBE: u32 = 32;
+/// ... and one in this many when the faster is ahead by more than that. A probe of the slower
+/// path costs the difference in latency (and, on the ring, a spin's CPU), so it is worth
+/// paying often only while the order may flip; at 256 operations a change of the machine is
+/// still seen within a few tenths of a second.
+const PROBE_FAR: u32 = 256;
+/// "Far ahead": by more than 1/8 (12.5 %) of the slower path's average.
+const FAR_SHIFT: u32 = 3;
 /// Weight of a new sample in the averages: 1/16.
 const SHIFT: u32 = 4;
 /// The ring is taken only when it is faster by more than 1/16 (6 %): the blocking call costs
@@ -46,6 +54,9 @@ pub(crate) struct Inline {
     choices: AtomicU32,
     /// Operations run inline (a statistic for tests and benchmarks).
     ran: AtomicU64,
+    /// 1 while the owner thread runs an operation inline: it is in flight but not in the ring
+    /// (the reaper's watchdog, `Uring::idle`, tells the two apart).
+    running: AtomicUsize,
 }
 
 impl Inline {
@@ -56,6 +67,7 @@ impl Inline {
             inline_ns: AtomicU64::new(0),
             choices: AtomicU32::new(0),
             ran: AtomicU64::new(0),
+            running: AtomicUsize::new(0),
         }
     }
 
@@ -75,7 +87,17 @@ impl Inline {
         }
         let n = self.choices.fetch_add(1, Ordering::Relaxed);
         let faster_inline = ring.saturating_add(ring >> MARGIN_SHIFT) >= inline;
-        if n % PROBE == PROBE - 1 {
+        let (fast, slow) = if inline < ring {
+            (inline, ring)
+        } else {
+            (ring, inline)
+        };
+        let probe = if slow - fast > slow >> FAR_SHIFT {
+            PROBE_FAR
+        } else {
+            PROBE
+        };
+        if n % probe == probe - 1 {
             !faster_inline
         } else {
             faster_inline
@@ -110,6 +132,16 @@ impl Inline {
     pub(crate) fn ran(&self) -> u64 {
         self.ran.load(Ordering::Relaxed)
     }
+
+    /// Marks the start (`true`) or the end of an operation run inline.
+    pub(crate) fn set_running(&self, running: bool) {
+        self.running.store(running as usize, Ordering::Relaxed);
+    }
+
+    /// 1 while an operation runs inline, else 0.
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::Relaxed)
+    }
 }
 
 #[cfg(test)]
@@ -122,11 +154,30 @@ mod tests {
         assert!(!inline.choose(), "the ring first");
         inline.record(false, 50_000);
         assert!(inline.choose(), "then inline");
-        inline.record(true, 40_000);
+        inline.record(true, 45_000);
+        // 10 % apart: near, so one in `PROBE` takes the ring.
         let picks: Vec<bool> = (0..PROBE).map(|_| inline.choose()).collect();
         assert_eq!(picks.iter().filter(|&&p| p).count(), PROBE as usize - 1);
         assert!(!picks[PROBE as usize - 1], "the probe takes the ring");
         assert_eq!(inline.ran(), 1);
+    }
+
+    #[test]
+    fn a_path_far_ahead_is_probed_less_often() {
+        let inline = Inline::new(true);
+        inline.record(false, 50_000);
+        inline.record(true, 40_000);
+        // 20 % apart: far, so one in `PROBE_FAR`.
+        let picks: Vec<bool> = (0..PROBE_FAR).map(|_| inline.choose()).collect();
+        assert_eq!(picks.iter().filter(|&&p| !p).count(), 1);
+        assert!(!picks[PROBE_FAR as usize - 1], "the probe takes the ring");
+        // The same when the ring is the one far ahead.
+        let inline = Inline::new(true);
+        inline.record(false, 40_000);
+        inline.record(true, 50_000);
+        let picks: Vec<bool> = (0..PROBE_FAR).map(|_| inline.choose()).collect();
+        assert_eq!(picks.iter().filter(|&&p| p).count(), 1);
+        assert!(picks[PROBE_FAR as usize - 1], "the probe runs inline");
     }
 
     #[test]

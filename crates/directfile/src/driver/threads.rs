@@ -184,6 +184,7 @@ fn worker(shared: &Arc<Shared>) {
 #[cfg(target_os = "linux")]
 pub(crate) fn run_inline(shared: &Shared, index: u32, generation: u32) {
     let (fd, desc, iov, iov_len) = operation(&shared.slots.lock(index));
+    shared.inline.set_running(true);
     // SAFETY: the slot was armed by the `Op::poll_submit` that is calling us, and is in no
     // queue (no SQE, no job), so nothing but the `complete` below can complete it. Freeing it
     // (`Slots::disarm`, which drops the buffers, the iovecs and the descriptor's `Arc`) needs
@@ -191,6 +192,7 @@ pub(crate) fn run_inline(shared: &Shared, index: u32, generation: u32) {
     // (orphaning waits for a completion too); the future is borrowed by this very call. So
     // until `complete`, the buffers, iovecs and descriptor that `desc` refers to stay valid.
     let res = unsafe { run_op(fd, desc, iov, iov_len) };
+    shared.inline.set_running(false);
     shared.complete(index, generation, res);
 }
 

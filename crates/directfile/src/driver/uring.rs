@@ -45,8 +45,25 @@ fn thread_token() -> usize {
 }
 
 /// How often the reaper thread checks that a `block_on` thread that is the reaper comes back
-/// to the ring.
+/// to the ring, after a look that found it away with operations in the ring.
 const WATCHDOG: std::time::Duration = std::time::Duration::from_millis(1);
+/// The longest period between those checks: each look that finds nothing to do (the ring
+/// empty, or the owner back since the last look) doubles the period up to this.
+const WATCHDOG_MAX: std::time::Duration = std::time::Duration::from_millis(16);
+
+/// The watchdog's decision after a period (`Uring::idle`): whether to reap and submit for the
+/// owner (it did not come back to the ring while operations are in it), and the next period.
+fn watch(
+    came_back: bool,
+    in_ring: bool,
+    period: std::time::Duration,
+) -> (bool, std::time::Duration) {
+    if !came_back && in_ring {
+        (true, WATCHDOG)
+    } else {
+        (false, (period * 2).min(WATCHDOG_MAX))
+    }
+}
 
 thread_local! {
     /// Its address identifies this thread as the owner of a ring (`Uring::owner`).
@@ -475,20 +492,37 @@ impl Uring {
 
     /// Sleeps outside the kernel while `may_idle`: until a future registers a waker or is
     /// dropped in flight (`kick`), or shutdown. While a `block_on` thread is the reaper it
-    /// wakes every `WATCHDOG` and, if that thread has not come back to the ring since the last
-    /// look (it runs long user code, or blocks, perhaps on this very driver's I/O), reaps and
-    /// submits for it once: a late completion, never a hang.
+    /// wakes now and then and, if that thread has not come back to the ring since the last
+    /// look (it runs long user code, or blocks, perhaps on this very driver's I/O) while
+    /// operations are in the ring, reaps and submits for it once: a late completion, never a
+    /// hang.
+    ///
+    /// The period is `WATCHDOG` after such a rescue, and doubles up to `WATCHDOG_MAX` with each
+    /// look that finds nothing to do: a thread that waits in `block_on`, or runs its lone
+    /// operations inline (`driver::inline`, where the ring stays empty and the owner never
+    /// comes back to it), is not woken after a thousand times a second, each wake-up a timer
+    /// interrupt and a context switch on a CPU that the device's interrupt or the owner may
+    /// need (at queue depth 1, a 1 ms period cost about 1 us of p50 and of CPU per write on
+    /// the 2-vCPU guest, docs/BENCHMARKS.md). A blocked owner's first late completion may so
+    /// wait up to `WATCHDOG_MAX` and one period more; later ones `WATCHDOG`.
     fn idle(&self, shared: &Shared) {
         let mut last_visits = self.ring_visits.load(Ordering::Relaxed);
+        let mut period = WATCHDOG;
         loop {
-            if !self.standby.sleep(|| self.may_idle(shared), WATCHDOG) {
+            if !self.standby.sleep(|| self.may_idle(shared), period) {
                 return;
             }
             if !self.owned() {
+                period = WATCHDOG;
                 continue;
             }
             let visits = self.ring_visits.load(Ordering::Relaxed);
-            if visits == last_visits {
+            // In the ring: in flight and not the operation the owner runs inline. (The two
+            // loads may straddle an operation's end: at worst one needless look.)
+            let in_ring = shared.slots.in_flight() > shared.inline.running();
+            let rescue;
+            (rescue, period) = watch(visits != last_visits, in_ring, period);
+            if rescue {
                 // Not back in the ring for a whole period. If it is in there right now it
                 // holds the lock, and all is well.
                 if let Some(_cq) = self.try_lock_cq(shared) {
@@ -1016,5 +1050,28 @@ impl Drop for Owner<'_> {
         u.queued.store(0, Ordering::Relaxed);
         u.enter_submit(Room::Reap(self.shared));
         u.standby.disown(|| self.shared.slots.unattended());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_backs_off_while_idle_and_rescues_at_its_shortest_period() {
+        // Nothing to do (the ring empty, or the owner came back): the period doubles, capped.
+        let mut period = WATCHDOG;
+        let mut periods = Vec::new();
+        for (came_back, in_ring) in [(false, false), (true, true), (true, false), (false, false)] {
+            let rescue;
+            (rescue, period) = watch(came_back, in_ring, period);
+            assert!(!rescue);
+            periods.push(period.as_millis());
+        }
+        assert_eq!(periods, [2, 4, 8, 16]);
+        assert_eq!(watch(true, true, period), (false, WATCHDOG_MAX));
+        // Away with operations in the ring: a rescue, and the next look after `WATCHDOG`.
+        assert_eq!(watch(false, true, WATCHDOG_MAX), (true, WATCHDOG));
+        assert_eq!(watch(false, true, WATCHDOG), (true, WATCHDOG));
     }
 }
