@@ -131,7 +131,8 @@ pub(crate) struct Uring {
     gate: SubmitGate,
     /// Entries left for the reaper since the last submission (see `SUBMIT_BATCH`).
     queued: AtomicUsize,
-    /// Times that thread entered the ring: the reaper thread's watchdog reads it.
+    /// Times that thread visited the ring (to wait in it, or, between two polls of a future
+    /// that woke itself, to submit and reap): the reaper thread's watchdog reads it.
     ring_visits: AtomicUsize,
     /// The ring runs with IORING_SETUP_COOP_TASKRUN (asked for, and the kernel has it).
     cooperative: bool,
@@ -987,6 +988,10 @@ impl Uring {
                         // (entering the ring to submit, above, does that too).
                         self.run_task_work();
                     }
+                    // Record what completed, for every waiter: with what was submitted above,
+                    // a visit to the ring, which the reaper's watchdog need not make for us.
+                    self.reap(shared);
+                    self.ring_visits.fetch_add(1, Ordering::Relaxed);
                     continue;
                 }
             }
