@@ -17,10 +17,11 @@
 //! path's recent latencies (each new one weighs 1/16; one above four times the average counts
 //! as four times the average, so a stall of the device does not swing the choice), the faster
 //! one is taken, and every `PROBE`-th operation takes the other one, to notice when the
-//! machine changes (every `PROBE_FAR`-th while the faster one is ahead by more than 1/8). Near-ties go to the blocking call, which sleeps where the ring's wait
-//! spins: half the CPU per operation. Only under `Driver::block_on`: the thread waits there
-//! for this operation anyway, while on another executor a blocking call would hold up the
-//! runtime's other tasks for as long as the device takes.
+//! machine changes (every `PROBE_FAR`-th while the faster one is ahead by more than 1/8).
+//! Near-ties go to the blocking call, which sleeps where the ring's wait spins: half the CPU
+//! per operation. Only under `Driver::block_on`: the thread waits there for this operation
+//! anyway, while on another executor a blocking call would hold up the runtime's other tasks
+//! for as long as the device takes.
 //!
 //! The averages are a heuristic and guard no memory: relaxed atomics, a lost update only
 //! changes one choice.

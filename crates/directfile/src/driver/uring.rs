@@ -501,7 +501,7 @@ impl Uring {
     /// The period is `WATCHDOG` after such a rescue, and doubles up to `WATCHDOG_MAX` with each
     /// look that finds nothing to do: a thread that waits in `block_on`, or runs its lone
     /// operations inline (`driver::inline`, where the ring stays empty and the owner never
-    /// comes back to it), is not woken after a thousand times a second, each wake-up a timer
+    /// comes back to it), is not woken a thousand times a second, each wake-up a timer
     /// interrupt and a context switch on a CPU that the device's interrupt or the owner may
     /// need (at queue depth 1, a 1 ms period cost about 1 us of p50 and of CPU per write on
     /// the 2-vCPU guest, docs/BENCHMARKS.md). A blocked owner's first late completion may so
