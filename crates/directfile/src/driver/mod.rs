@@ -806,6 +806,19 @@ impl Driver {
         }
     }
 
+    /// How many times the io_uring driver's reaper thread reaped and submitted for a thread in
+    /// `Driver::block_on` that owned the ring but had not come back to it, with operations in
+    /// it (its future blocked or computed): its watchdog (0 on the thread pool and the
+    /// completion port). A thread that waits in the ring, or runs lone operations inline,
+    /// needs none.
+    pub fn watchdog_rescues(&self) -> usize {
+        match &self.shared().engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(u) => u.watchdog_rescues(),
+            _ => 0,
+        }
+    }
+
     /// How many operations ran as a blocking call on the thread in `Driver::block_on`
     /// instead of through the ring ([`DriverBuilder::inline_at_qd1`]; 0 off io_uring).
     pub fn inline_ops(&self) -> u64 {

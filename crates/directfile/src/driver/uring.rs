@@ -140,6 +140,8 @@ pub(crate) struct Uring {
     reactors: Reactors,
     /// Times the reaper thread waited in the kernel for completions.
     reaper_waits: AtomicUsize,
+    /// Times the reaper's watchdog reaped and submitted for a `block_on` owner (`idle`).
+    watchdog_rescues: AtomicUsize,
 }
 
 /// The completion lock, held. Letting go of it looks whether a reactor asked for a reap
@@ -238,6 +240,7 @@ impl Uring {
             cooperative,
             reactors: Reactors::new(Reactor::Auto),
             reaper_waits: AtomicUsize::new(0),
+            watchdog_rescues: AtomicUsize::new(0),
         })
     }
 
@@ -527,6 +530,7 @@ impl Uring {
                 // Not back in the ring for a whole period. If it is in there right now it
                 // holds the lock, and all is well.
                 if let Some(_cq) = self.try_lock_cq(shared) {
+                    self.watchdog_rescues.fetch_add(1, Ordering::Relaxed);
                     self.drain(shared);
                     self.enter_submit(Room::Drain(shared));
                 }
@@ -681,6 +685,11 @@ impl Uring {
     /// Times the reaper thread waited in the kernel for completions.
     pub(crate) fn reaper_waits(&self) -> usize {
         self.reaper_waits.load(Ordering::Relaxed)
+    }
+
+    /// Times the reaper's watchdog reaped and submitted for a `block_on` owner.
+    pub(crate) fn watchdog_rescues(&self) -> usize {
+        self.watchdog_rescues.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on the submission queue, under the `sq` lock. With `try_with_sq`, the only way
