@@ -173,7 +173,7 @@ case "${1:-all}" in
     export CLIPPY_ARGS="-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__"
     # Both Windows drivers run inside every `directfile` suite (tests/common lists iocp and
     # threads); the journal's suite runs on the default driver (IOCP). The CLI turns on the
-    # library's features `tokio` and `async-io`, so the first clippy run and these tests build
+    # library's features `tokio` and `async-io`, so these tests build (and lint)
     # the library with them: on Windows they must build nothing (the reactors are io_uring's),
     # and the suites run the futures on tokio and smol, woken by the driver's own threads.
     # Trimmed for Wine, where starting a process or doing I/O costs far more than on Linux:
