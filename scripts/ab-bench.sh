@@ -8,6 +8,10 @@
 #   scripts/ab-bench.sh /mnt/disk/ab.dat target/release/directfile target/release/directfile@threads fio
 #
 # BIN@BACKEND runs that build on that backend (the others on $BACKEND).
+# FIO_ARGS adds options to fio's command line (--thread, say: see BENCHMARKS.md on sessions).
+# CPUS=LIST pins every run, fio's too, to those CPUs (taskset -c LIST). On a VM whose disk has
+# one queue, the vCPU that takes its interrupt (grep virtio /proc/interrupts) finishes a QD1
+# write sooner than the other; an unpinned run lands on either, and stays there.
 # fio runs psync at QD1 and io_uring at higher depths (direct=1, 4 KiB random writes).
 set -euo pipefail
 file=${1:?usage: ab-bench.sh FILE BIN_OR_fio...}
@@ -19,6 +23,8 @@ backend=${BACKEND:-uring}
 dsync_flag=""
 fio_sync=""
 if [ "${DSYNC:-0}" = 1 ]; then dsync_flag=--dsync; fio_sync=--sync=dsync; fi
+pin=""
+[ -n "${CPUS:-}" ] && pin="taskset -c $CPUS"
 [ -f "$file" ] || fallocate -l 256M "$file"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
@@ -27,7 +33,7 @@ for _ in $(seq 1 "$rounds"); do
     if [ "$b" = fio ]; then
       if [ "$qd" = 1 ]; then engine=--ioengine=psync; else engine="--ioengine=io_uring --iodepth=$qd"; fi
       # shellcheck disable=SC2086
-      fio --name=ab --filename="$file" --rw=randwrite --bs=4k --direct=1 $fio_sync $engine \
+      $pin fio --name=ab --filename="$file" --rw=randwrite --bs=4k --direct=1 $fio_sync $engine ${FIO_ARGS:-} \
         --runtime="$runtime" --time_based --size=256m --output-format=json 2>/dev/null |
         python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; w=j['write']; print('fio', round(w['iops']), w['clat_ns']['percentile']['50.000000']/1000, round((j['usr_cpu']+j['sys_cpu'])/100*j['elapsed']*1e6/max(w['total_ios'],1),2))"
     else
@@ -35,7 +41,7 @@ for _ in $(seq 1 "$rounds"); do
       be=$backend
       [ "$bin" != "$b" ] && be=${b##*@}
       # shellcheck disable=SC2086
-      "$bin" bench --backend "$be" --qd "$qd" $dsync_flag --runtime "${runtime}s" --json "$file" 2>/dev/null |
+      $pin "$bin" bench --backend "$be" --qd "$qd" $dsync_flag --runtime "${runtime}s" --json "$file" 2>/dev/null |
         python3 -c "import json,sys; d=json.loads(sys.stdin.readline()); print(sys.argv[1], round(d['iops']), d['lat_us_p50'], round((d['cpu_usr_s']+d['cpu_sys_s'])*1e6/d['ops'],2))" "$b"
     fi
   done
