@@ -174,8 +174,11 @@ impl Future for Op {
         // At queue depth 1 nothing else can make progress: wait for the completion on this
         // thread for a short while rather than pay two thread wake-ups. (Otherwise one look at
         // the slot, below, takes the result or registers the waker under a single lock.)
-        // A spin that runs out of budget backs the next ones off (`driver::spin`).
-        if shared.slots.in_flight() == 1 && shared.engine.may_spin() {
+        // A spin that runs out of budget backs the next ones off (`driver::spin`). An operation
+        // that ran inline is complete already: it neither spins nor counts as a spin that
+        // caught its completion, which would end the back-off of the ring's.
+        let ran_inline = matches!(qd1, Some((_, true)));
+        if !ran_inline && shared.slots.in_flight() == 1 && shared.engine.may_spin() {
             if let Some(budget) = shared.spin.start() {
                 let start = Instant::now();
                 loop {
