@@ -39,6 +39,19 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         Err(err) => return args::report_parse_error(err),
     };
+    // The benches measure in a session of their own, as fio runs its jobs (`sys::run_in_own_session`).
+    if matches!(
+        cli.command,
+        Command::Bench(_) | Command::Journal(JournalCommand::Bench(_))
+    ) {
+        match sys::run_in_own_session() {
+            Ok(Some(status)) => return ExitCode::from(status),
+            Ok(None) => {}
+            Err(err) => eprintln!(
+                "directfile: cannot start a session for the bench ({err}): measuring in this one"
+            ),
+        }
+    }
     // `journal verify` exits 1 and 2 for its verdicts; its own failures get a status of their own.
     let mut failure = ExitCode::from(1);
     let outcome = match cli.command {

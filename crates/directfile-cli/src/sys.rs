@@ -11,13 +11,13 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::ptr;
-use std::sync::atomic::{AtomicPtr, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicPtr, Ordering};
 use std::time::Duration;
 
 // The names the portable code uses; `sys_windows.rs` provides the same list for Windows:
 // `OpenFlags`, `DIRECT`, `WRITE_THROUGH`, `DIRECT_REFUSED`, `DISK_FILE_SYSTEMS`, `write_at`,
 // `read_at`, `write_all_at`, `cpu_times`, `remove_on_signal`, `forget_on_signal`,
-// `handle_signals_on_thread`, `exit_now`.
+// `handle_signals_on_thread`, `exit_now`, `run_in_own_session`.
 
 /// `open(2)` flags, as `OpenOptionsExt::custom_flags` takes them.
 pub type OpenFlags = i32;
@@ -213,6 +213,136 @@ pub fn handle_signals_on_thread(
 pub fn exit_now(status: libc::c_int) -> ! {
     // SAFETY: _exit(2) takes any status and never returns.
     unsafe { libc::_exit(status) }
+}
+
+/// The child [`run_in_own_session`] waits for, which its signal handler passes signals on to.
+static SESSION_CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn pass_on(signal: libc::c_int) {
+    let child = SESSION_CHILD.load(Ordering::SeqCst);
+    if child > 0 {
+        // SAFETY: kill(2) is async-signal-safe. `child` names our own child: the parent has one
+        // thread, so this handler runs between two steps of `run_in_own_session`, and that
+        // clears `SESSION_CHILD` before it reaps the child (until then its pid stays ours, a
+        // zombie at worst, so it names no other process).
+        unsafe { libc::kill(child, signal) };
+    }
+}
+
+/// Forks the rest of the command into a child that leads a session of its own, as fio does
+/// for each of its jobs: with the kernel's autogroups on, the scheduler then gives the
+/// measured process a group of its own rather than a share of the shell's, which on a busy
+/// 2-vCPU machine is worth up to half of a QD1 write's latency (docs/BENCHMARKS.md,
+/// "Sessions"), so a comparison with fio would otherwise measure the placement, not the I/O.
+/// Returns `Ok(None)` in the child, which goes on with the command, and `Ok(Some(status))` in
+/// the parent once the child has ended (its exit status, or 128 + the signal that ended it).
+/// The parent passes SIGINT, SIGTERM and SIGHUP on to the child (which no longer has the
+/// terminal), and the child dies with the parent (`PR_SET_PDEATHSIG`).
+///
+/// Call it while the process has one thread: `fork` copies only the calling one.
+pub fn run_in_own_session() -> io::Result<Option<u8>> {
+    const PASSED_ON: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+    let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
+    let mut old = MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: `set` is writable memory the size of a `sigset_t`; sigemptyset initialises it and
+    // sigaddset only adds valid signal numbers to it.
+    let set = unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for signal in PASSED_ON {
+            libc::sigaddset(set.as_mut_ptr(), signal);
+        }
+        set.assume_init()
+    };
+    // Blocked across the fork, so a Ctrl-C before the parent's handler is in place waits for
+    // it rather than killing the parent alone (the child starts with no pending signals).
+    // SAFETY: `set` is initialised and `old` is writable memory for the previous mask.
+    let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, old.as_mut_ptr()) };
+    if rc != 0 {
+        return Err(io::Error::from_raw_os_error(rc));
+    }
+    // SAFETY: pthread_sigmask succeeded, so it wrote the previous mask.
+    let old = unsafe { old.assume_init() };
+    let restore = || {
+        // SAFETY: `old` is the initialised mask pthread_sigmask returned.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, ptr::null_mut()) };
+    };
+    // SAFETY: getpid(2) has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    // SAFETY: the caller runs us with one thread, so the child's copy holds no lock another
+    // thread held (the allocator's, stdout's) and may go on running ordinary Rust code.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        let err = io::Error::last_os_error();
+        restore();
+        return Err(err);
+    }
+    if child == 0 {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number; getppid and setsid have no
+        // preconditions (setsid cannot fail in a fresh child: it leads no process group).
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            if libc::getppid() != parent {
+                // The parent died before the line above: nobody would see our output.
+                libc::_exit(128 + libc::SIGKILL);
+            }
+            libc::setsid();
+        }
+        restore();
+        return Ok(None);
+    }
+    SESSION_CHILD.store(child, Ordering::SeqCst);
+    for signal in PASSED_ON {
+        let mut action = MaybeUninit::<libc::sigaction>::zeroed();
+        // SAFETY: a zeroed sigaction is a valid starting value (empty mask, no flags); we set the
+        // handler to an `extern "C" fn(c_int)` that only makes async-signal-safe calls.
+        unsafe {
+            let action_ptr = action.as_mut_ptr();
+            (*action_ptr).sa_sigaction = pass_on as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut (*action_ptr).sa_mask);
+            libc::sigaction(signal, action_ptr, ptr::null_mut());
+        }
+    }
+    restore();
+    // Wait for the child to end without reaping it, so that its pid cannot be reused while the
+    // handler may still pass a signal on to it; then forget it, then reap it.
+    loop {
+        let mut info = MaybeUninit::<libc::siginfo_t>::zeroed();
+        // SAFETY: `child` is our child, not yet reaped; `info` is writable memory the size of
+        // a `siginfo_t`.
+        let rc = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                child as libc::id_t,
+                info.as_mut_ptr(),
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if rc == 0 {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    SESSION_CHILD.store(0, Ordering::SeqCst);
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `child` is our child, ended and not yet reaped; `status` is writable.
+        let rc = unsafe { libc::waitpid(child, &mut status, 0) };
+        if rc == child {
+            break;
+        }
+        let err = io::Error::last_os_error();
+        if err.kind() != io::ErrorKind::Interrupted {
+            return Err(err);
+        }
+    }
+    Ok(Some(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status) as u8
+    } else {
+        (128 + libc::WTERMSIG(status)) as u8
+    }))
 }
 
 /// Splits a `dev_t` into (major, minor) as glibc's `gnu_dev_major`/`gnu_dev_minor` do.
