@@ -394,6 +394,71 @@ fn interrupt_removes_the_temporary_file() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// `(ppid, process group, session)` of process `pid`, from /proc/PID/stat.
+#[cfg(target_os = "linux")]
+fn parent_group_session(pid: u32) -> Option<(u32, u32, u32)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // "pid (comm) state ppid pgrp session ...": comm may hold spaces, so split after its ')'.
+    let fields: Vec<&str> = stat[stat.rfind(')')? + 1..].split_whitespace().collect();
+    Some((
+        fields.get(1)?.parse().ok()?,
+        fields.get(2)?.parse().ok()?,
+        fields.get(3)?.parse().ok()?,
+    ))
+}
+
+/// The bench measures in a child that leads a session (and process group) of its own, as fio's
+/// jobs do, and the parent exits with the child's status.
+#[cfg(target_os = "linux")]
+#[test]
+fn bench_measures_in_a_session_of_its_own_and_passes_its_status_on() {
+    let dir = scratch("session");
+    let parent = Command::new(BIN)
+        .args([
+            "bench",
+            "--runtime",
+            "2s",
+            "--size",
+            "8m",
+            "--backend",
+            "std",
+            "--qd",
+            "1",
+            "--json",
+        ])
+        .current_dir(&dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut child = None;
+    while child.is_none() && started.elapsed() < std::time::Duration::from_secs(10) {
+        child = fs::read_dir("/proc")
+            .unwrap()
+            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+            .find(|&pid| parent_group_session(pid).is_some_and(|(ppid, _, _)| ppid == parent.id()));
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let child = child.expect("the bench forked no child");
+    let (_, group, session) = parent_group_session(child).expect("the child ended early");
+    assert_eq!(
+        (group, session),
+        (child, child),
+        "the child leads its own session"
+    );
+    let (_, _, parent_session) = parent_group_session(parent.id()).unwrap();
+    assert_ne!(parent_session, child);
+    let output = parent.wait_with_output().unwrap();
+    assert!(output.status.success(), "{:?}", output.status);
+    assert_eq!(parse_results(&output.stdout).len(), 1, "the child's JSON");
+    // A failure in the child is the parent's exit status too: 1, as without the fork.
+    let output = run_in(&dir, &["bench", "--size", "1k", "--bs", "4k"]);
+    assert_eq!(output.status.code(), Some(1));
+    assert!(entries(&dir).is_empty(), "left {:?}", entries(&dir));
+    let _ = fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn probe_reports_text_and_json() {
     let dir = scratch("probe");
