@@ -191,6 +191,12 @@ pub fn exit_now(status: i32) -> ! {
     std::process::exit(status)
 }
 
+/// Runs the command in place: the session fio's jobs run in and `sys.rs` puts the bench in is a
+/// Unix thing (Windows schedules threads, not process groups).
+pub fn run_in_own_session() -> io::Result<Option<u8>> {
+    Ok(None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -216,10 +222,4 @@ mod tests {
         assert!(!name.is_empty());
         assert!(file_system_name_of(Path::new(r"Z:\no\such\dir")).is_err());
     }
-}
-
-/// Runs the command in place: the session fio's jobs run in and `sys.rs` puts the bench in is a
-/// Unix thing (Windows schedules threads, not process groups).
-pub fn run_in_own_session() -> io::Result<Option<u8>> {
-    Ok(None)
 }
