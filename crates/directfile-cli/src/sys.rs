@@ -239,8 +239,17 @@ extern "C" fn pass_on(signal: libc::c_int) {
 /// The parent passes SIGINT, SIGTERM and SIGHUP on to the child (which no longer has the
 /// terminal), and the child dies with the parent (`PR_SET_PDEATHSIG`).
 ///
-/// Call it while the process has one thread: `fork` copies only the calling one.
+/// Refused (an error, nothing forked) unless the process has one thread: `fork` copies only
+/// the calling one.
 pub fn run_in_own_session() -> io::Result<Option<u8>> {
+    // `fork` copies only the calling thread: with others running, the child's copy could hold a
+    // lock one of them held (the allocator's, stdout's) forever. Refused rather than assumed.
+    let threads = fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "the process has {threads} threads, and fork copies one"
+        )));
+    }
     const PASSED_ON: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
     let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
     let mut old = MaybeUninit::<libc::sigset_t>::zeroed();
@@ -268,8 +277,9 @@ pub fn run_in_own_session() -> io::Result<Option<u8>> {
     };
     // SAFETY: getpid(2) has no preconditions.
     let parent = unsafe { libc::getpid() };
-    // SAFETY: the caller runs us with one thread, so the child's copy holds no lock another
-    // thread held (the allocator's, stdout's) and may go on running ordinary Rust code.
+    // SAFETY: the process has one thread (checked above; nothing here starts one), so the
+    // child's copy holds no lock another thread held (the allocator's, stdout's) and may go on
+    // running ordinary Rust code.
     let child = unsafe { libc::fork() };
     if child < 0 {
         let err = io::Error::last_os_error();

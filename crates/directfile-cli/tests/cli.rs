@@ -6,6 +6,8 @@ use std::process::{Command, Output};
 
 mod common;
 use common::{entries, run_in, scratch, BIN};
+#[cfg(unix)]
+use common::{spawn_in, wait_for};
 
 /// Exit code non-zero, stderr exactly one line starting "directfile: error:" and containing
 /// `needle`, stdout empty, no panic.
@@ -359,8 +361,9 @@ fn compare_runs_every_backend() {
 #[test]
 fn interrupt_removes_the_temporary_file() {
     let dir = scratch("interrupt");
-    let mut child = Command::new(BIN)
-        .args([
+    let mut child = spawn_in(
+        &dir,
+        &[
             "bench",
             "--runtime",
             "30s",
@@ -370,18 +373,13 @@ fn interrupt_removes_the_temporary_file() {
             "std",
             "--qd",
             "1",
-        ])
-        .current_dir(&dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+        ],
+        false,
+    );
     // Wait until the temporary file exists, then send SIGINT as Ctrl-C would.
-    let started = std::time::Instant::now();
-    while entries(&dir).is_empty() && started.elapsed() < std::time::Duration::from_secs(10) {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(!entries(&dir).is_empty(), "bench never created its file");
+    wait_for("bench never created its file", || {
+        (!entries(&dir).is_empty()).then_some(())
+    });
     std::thread::sleep(std::time::Duration::from_millis(300));
     let status = Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -413,8 +411,9 @@ fn parent_group_session(pid: u32) -> Option<(u32, u32, u32)> {
 #[test]
 fn bench_measures_in_a_session_of_its_own_and_passes_its_status_on() {
     let dir = scratch("session");
-    let parent = Command::new(BIN)
-        .args([
+    let parent = spawn_in(
+        &dir,
+        &[
             "bench",
             "--runtime",
             "2s",
@@ -425,22 +424,15 @@ fn bench_measures_in_a_session_of_its_own_and_passes_its_status_on() {
             "--qd",
             "1",
             "--json",
-        ])
-        .current_dir(&dir)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    let mut child = None;
-    while child.is_none() && started.elapsed() < std::time::Duration::from_secs(10) {
-        child = fs::read_dir("/proc")
+        ],
+        true,
+    );
+    let child = wait_for("the bench forked no child", || {
+        fs::read_dir("/proc")
             .unwrap()
             .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .find(|&pid| parent_group_session(pid).is_some_and(|(ppid, _, _)| ppid == parent.id()));
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
-    let child = child.expect("the bench forked no child");
+            .find(|&pid| parent_group_session(pid).is_some_and(|(ppid, _, _)| ppid == parent.id()))
+    });
     let (_, group, session) = parent_group_session(child).expect("the child ended early");
     assert_eq!(
         (group, session),

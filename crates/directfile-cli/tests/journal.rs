@@ -212,21 +212,14 @@ fn bench_table_compares_with_the_best_baseline() {
 #[test]
 fn bench_interrupted_removes_its_directory() {
     let dir = scratch("bench-interrupt");
-    let mut child = Command::new(common::BIN)
-        .args(["journal", "bench", "--runtime", "30s", "--writers", "4"])
-        .current_dir(&dir)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let started = std::time::Instant::now();
-    while entries(&dir).is_empty() && started.elapsed() < std::time::Duration::from_secs(10) {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    assert!(
-        !entries(&dir).is_empty(),
-        "bench never created its directory"
+    let mut child = common::spawn_in(
+        &dir,
+        &["journal", "bench", "--runtime", "30s", "--writers", "4"],
+        false,
     );
+    common::wait_for("bench never created its directory", || {
+        (!entries(&dir).is_empty()).then_some(())
+    });
     // Into the measurement, with the journal's files open.
     std::thread::sleep(std::time::Duration::from_millis(500));
     let status = Command::new("kill")

@@ -3,7 +3,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_directfile");
 
@@ -24,6 +25,33 @@ pub fn run_in(dir: &Path, args: &[&str]) -> Output {
         .current_dir(dir)
         .output()
         .expect("run directfile")
+}
+
+/// Starts the binary with `args` in `dir`, stderr dropped and stdout piped (or dropped).
+pub fn spawn_in(dir: &Path, args: &[&str], pipe_stdout: bool) -> Child {
+    Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .stdout(if pipe_stdout {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start directfile")
+}
+
+/// Polls `look` every 10 ms until it returns something, for up to 10 s; panics with `what`.
+pub fn wait_for<T>(what: &str, mut look: impl FnMut() -> Option<T>) -> T {
+    let started = Instant::now();
+    loop {
+        if let Some(found) = look() {
+            return found;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// The names in `dir`.
