@@ -819,6 +819,18 @@ impl Driver {
         }
     }
 
+    /// How many times that watchdog woke to look at a thread in `Driver::block_on` (0 on the
+    /// thread pool and the completion port). It looks only while operations are in the ring,
+    /// at most once a millisecond and usually once in 16: an owner that waits on something
+    /// else, or runs its lone operations inline, draws none.
+    pub fn watchdog_looks(&self) -> usize {
+        match &self.shared().engine {
+            #[cfg(target_os = "linux")]
+            Engine::Uring(u) => u.watchdog_looks(),
+            _ => 0,
+        }
+    }
+
     /// How many operations ran as a blocking call on the thread in `Driver::block_on`
     /// instead of through the ring ([`DriverBuilder::inline_at_qd1`]; 0 off io_uring).
     pub fn inline_ops(&self) -> u64 {

@@ -535,7 +535,7 @@ mod link {
 #[cfg(all(test, directfile_loom))]
 mod loom_model {
     use super::*;
-    use crate::driver::gate::Standby;
+    use crate::driver::gate::{Standby, Woke};
     use crate::op::slot::{Look, OpBufs, OpDesc, Slots};
     use loom::sync::atomic::AtomicUsize;
     use loom::sync::{Arc, Mutex};
@@ -594,8 +594,10 @@ mod loom_model {
             // The reaper: sleeps while it may. It returns once it has a waiter to reap for.
             while standby.sleep(
                 || may_idle(&slots, &handover, &standby),
+                || false,
                 std::time::Duration::from_millis(1),
-            ) {}
+            ) != Woke::Busy
+            {}
             future.join().unwrap();
             reactor.join().unwrap();
             assert_eq!(slots.unattended(), 1, "the waiter was handed over once");

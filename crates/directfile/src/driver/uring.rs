@@ -18,7 +18,7 @@
 //! model).
 #![allow(unsafe_code)]
 
-use super::gate::{Standby, SubmitGate};
+use super::gate::{Standby, SubmitGate, Woke};
 use super::reactor::Reactors;
 use super::{Engine, Reactor, Shared, Submission};
 use crate::op::slot::{OpDesc, SlotInner};
@@ -142,6 +142,8 @@ pub(crate) struct Uring {
     reaper_waits: AtomicUsize,
     /// Times the reaper's watchdog reaped and submitted for a `block_on` owner (`idle`).
     watchdog_rescues: AtomicUsize,
+    /// Times the watchdog woke to look at the owner (`Driver::watchdog_looks`).
+    watchdog_looks: AtomicUsize,
 }
 
 /// The completion lock, held. Letting go of it looks whether a reactor asked for a reap
@@ -241,6 +243,7 @@ impl Uring {
             reactors: Reactors::new(Reactor::Auto),
             reaper_waits: AtomicUsize::new(0),
             watchdog_rescues: AtomicUsize::new(0),
+            watchdog_looks: AtomicUsize::new(0),
         })
     }
 
@@ -413,6 +416,8 @@ impl Uring {
             self.enter_submit(Room::Wait);
             sq.sync();
         });
+        // An owner's reaper thread that sleeps unwatched (the ring was empty) watches again.
+        self.standby.pushed();
         // While a `block_on` thread is the reaper, only its own entries wait for it: it may be
         // busy in user code for a while. (Refusing to leave an entry is always safe.)
         if self.gate.may_leave_queued() && {
@@ -495,37 +500,49 @@ impl Uring {
     }
 
     /// Sleeps outside the kernel while `may_idle`: until a future registers a waker or is
-    /// dropped in flight (`kick`), or shutdown. While a `block_on` thread is the reaper it
-    /// wakes now and then and, if that thread has not come back to the ring since the last
-    /// look (it runs long user code, or blocks, perhaps on this very driver's I/O) while
-    /// operations are in the ring, reaps and submits for it once: a late completion, never a
-    /// hang.
+    /// dropped in flight (`kick`), or shutdown. While a `block_on` thread is the reaper and
+    /// operations are in the ring, it wakes now and then and, if that thread has not come back
+    /// to the ring since the last look (it runs long user code, or blocks, perhaps on this
+    /// very driver's I/O), reaps and submits for it once: a late completion, never a hang.
     ///
-    /// The period is `WATCHDOG` after such a rescue, and doubles up to `WATCHDOG_MAX` with each
-    /// look that finds nothing to do: a thread that waits in `block_on`, or runs its lone
-    /// operations inline (`driver::inline`, where the ring stays empty and the owner never
-    /// comes back to it), is not woken a thousand times a second, each wake-up a timer
-    /// interrupt and a context switch on a CPU that the device's interrupt or the owner may
-    /// need (at queue depth 1, a 1 ms period cost about 1 us of p50 and of CPU per write on
-    /// the 2-vCPU guest, docs/BENCHMARKS.md). A blocked owner's first late completion may so
-    /// wait up to `WATCHDOG_MAX` and one period more; later ones `WATCHDOG`.
+    /// With nothing in the ring there is nothing to rescue: the owner waits on something else,
+    /// or runs its lone operations inline (`driver::inline`). Then this thread sleeps without
+    /// a timeout until an operation is put in the ring (`Standby::pushed`). Measured on the
+    /// 2-vCPU guest (docs/BENCHMARKS.md), its 62 looks a second at queue depth 1 on a busy
+    /// disk, each a timer interrupt and a context switch on a CPU that the device's interrupt
+    /// or the owner may need, cost a few per cent of the p50.
+    ///
+    /// The period is `WATCHDOG` after a rescue, and doubles up to `WATCHDOG_MAX` with each look
+    /// that finds nothing to do (the ring empty, or the owner back since the last look); a
+    /// sleep while the ring was empty leaves it as it was. A blocked owner's first late
+    /// completion may so wait up to twice `WATCHDOG_MAX`; later ones about `WATCHDOG`.
     fn idle(&self, shared: &Shared) {
         let mut last_visits = self.ring_visits.load(Ordering::Relaxed);
-        let mut period = WATCHDOG;
+        let mut period = WATCHDOG_MAX;
+        // In the ring: in flight and not the operation the owner runs inline. (The two loads
+        // may straddle an operation's end: at worst one needless look.)
+        let in_ring = || shared.slots.in_flight() > shared.inline.running();
         loop {
-            if !self.standby.sleep(|| self.may_idle(shared), period) {
-                return;
+            match self
+                .standby
+                .sleep(|| self.may_idle(shared), in_ring, period)
+            {
+                Woke::Busy => return,
+                Woke::Untimed => {
+                    // Nothing to watch until now: whatever is in the ring now gets a whole
+                    // period before the first look.
+                    last_visits = self.ring_visits.load(Ordering::Relaxed);
+                    continue;
+                }
+                Woke::Timed => {}
             }
             if !self.owned() {
-                period = WATCHDOG;
                 continue;
             }
+            self.watchdog_looks.fetch_add(1, Ordering::Relaxed);
             let visits = self.ring_visits.load(Ordering::Relaxed);
-            // In the ring: in flight and not the operation the owner runs inline. (The two
-            // loads may straddle an operation's end: at worst one needless look.)
-            let in_ring = shared.slots.in_flight() > shared.inline.running();
             let rescue;
-            (rescue, period) = watch(visits != last_visits, in_ring, period);
+            (rescue, period) = watch(visits != last_visits, in_ring(), period);
             if rescue {
                 // Not back in the ring for a whole period. If it is in there right now it
                 // holds the lock, and all is well.
@@ -690,6 +707,10 @@ impl Uring {
     /// Times the reaper's watchdog reaped and submitted for a `block_on` owner.
     pub(crate) fn watchdog_rescues(&self) -> usize {
         self.watchdog_rescues.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn watchdog_looks(&self) -> usize {
+        self.watchdog_looks.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on the submission queue, under the `sq` lock. With `try_with_sq`, the only way
