@@ -23,13 +23,23 @@
 //! is colder still (179 us). Counted, those samples kept the chooser on the slower path for
 //! the first 0.6 s of a 3 s run, a p50 of 60.1 us where the ring alone gave 50.1.
 //!
-//! The slower path is probed to notice when the machine changes: every `PROBE`-th operation
-//! starts a burst of `BURST` operations on it (the first pays for the switch, the others are
-//! counted), every `PROBE_FAR`-th while the faster one is ahead by more than 1/8 and both
-//! have `SETTLED` samples. Near-ties go to the blocking call, which sleeps where the ring's
-//! wait spins: half the CPU per operation. Only under `Driver::block_on`: the thread waits
-//! there for this operation anyway, while on another executor a blocking call would hold up
-//! the runtime's other tasks for as long as the device takes.
+//! The slower path is probed to notice when the machine changes: a probe is a burst of
+//! `BURST` operations on it (the first pays for the switch, the others are counted). The
+//! probes start `PROBE` operations apart, and while the same path is still the faster one at
+//! each probe (and both have `SETTLED` samples) the interval doubles, up to `PROBE_MAX`; when
+//! the faster path changes it is `PROBE` again. Near-ties go to the blocking call, which
+//! sleeps where the ring's wait spins: half the CPU per operation. Only under
+//! `Driver::block_on`: the thread waits there for this operation anyway, while on another
+//! executor a blocking call would hold up the runtime's other tasks for as long as the device
+//! takes.
+//!
+//! A probe costs its path's extra latency, and on a busy disk more: each probe puts an
+//! operation in the ring, which wakes the reaper thread to watch the owner (`driver::gate`).
+//! On the 2-vCPU guest with a neighbour writing, where the ring is the slower path but often
+//! within 1/8 of the blocking call, the earlier schedule (every 32 operations while within
+//! 1/8, every 256 beyond) ran 7 % of the writes as probes and woke the reaper 53 times a
+//! second; the writes' p50 was 1.02x fio's `pwrite` against 0.96x with a probe every 1,024
+//! (docs/BENCHMARKS.md).
 //!
 //! The averages are a heuristic and guard no memory: relaxed atomics, a lost update only
 //! changes one choice.
@@ -39,20 +49,18 @@
 
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 
-/// One operation in this many starts a probe of the path that is not the faster one, while
-/// the two are within `FAR_SHIFT` of each other...
+/// The first interval between probes, in operations, and the interval again whenever the
+/// faster path changes...
 const PROBE: u32 = 32;
-/// ... and one in this many when the faster is ahead by more than that. A probe of the slower
-/// path costs the difference in latency (and, on the ring, a spin's CPU), so it is worth
-/// paying often only while the order may flip; at 256 operations a change of the machine is
-/// still seen within a few tenths of a second.
-const PROBE_FAR: u32 = 256;
+/// ... and the longest it doubles to while the same path stays faster. A probe of the slower
+/// path costs the difference in latency, so it is worth paying often only while the order may
+/// flip; at 1,024 operations a change of the machine is still seen within a few tenths of a
+/// second on a busy disk (300 us a write), within 50 ms on a quiet one.
+const PROBE_MAX: u32 = 1024;
 /// Operations in a probe: one that pays for the switch and three that are counted.
 const BURST: u32 = 4;
-/// Samples each path needs before a probe may wait `PROBE_FAR` operations.
+/// Samples each path needs before the interval between probes may grow.
 const SETTLED: u32 = 8;
-/// "Far ahead": by more than 1/8 (12.5 %) of the slower path's average.
-const FAR_SHIFT: u32 = 3;
 /// The averages' window: the mean of the first 16 samples, then each new one weighs 1/16.
 const WINDOW: u32 = 16;
 /// The ring is taken only when it is faster by more than 1/16 (6 %): the blocking call costs
@@ -74,7 +82,11 @@ pub(crate) struct Inline {
     inline_n: AtomicU32,
     /// The path of the operation recorded last (`NONE`, `RING`, `INLINE`).
     last: AtomicU8,
-    choices: AtomicU32,
+    /// Operations until the next probe, and the interval it was set from.
+    until_probe: AtomicU32,
+    interval: AtomicU32,
+    /// The faster path when the last probe started (`NONE` before the first).
+    probed_fast: AtomicU8,
     /// Operations left in the probe under way.
     burst: AtomicU32,
     /// Operations run inline (a statistic for tests and benchmarks).
@@ -93,7 +105,9 @@ impl Inline {
             ring_n: AtomicU32::new(0),
             inline_n: AtomicU32::new(0),
             last: AtomicU8::new(NONE),
-            choices: AtomicU32::new(0),
+            until_probe: AtomicU32::new(PROBE),
+            interval: AtomicU32::new(PROBE),
+            probed_fast: AtomicU8::new(NONE),
             burst: AtomicU32::new(0),
             ran: AtomicU64::new(0),
             running: AtomicUsize::new(0),
@@ -120,25 +134,26 @@ impl Inline {
             self.burst.store(burst - 1, Ordering::Relaxed);
             return !faster_inline;
         }
-        let n = self.choices.fetch_add(1, Ordering::Relaxed);
-        let (fast, slow) = if inline < ring {
-            (inline, ring)
-        } else {
-            (ring, inline)
-        };
+        let left = self.until_probe.load(Ordering::Relaxed);
+        if left > 1 {
+            self.until_probe.store(left - 1, Ordering::Relaxed);
+            return faster_inline;
+        }
+        // A probe starts. The interval to the next doubles if the same path was the faster
+        // one at the last probe too.
+        let fast = if faster_inline { INLINE } else { RING };
         let settled = self.ring_n.load(Ordering::Relaxed) >= SETTLED
             && self.inline_n.load(Ordering::Relaxed) >= SETTLED;
-        let probe = if settled && slow - fast > slow >> FAR_SHIFT {
-            PROBE_FAR
+        let same = self.probed_fast.swap(fast, Ordering::Relaxed) == fast;
+        let interval = if settled && same {
+            (self.interval.load(Ordering::Relaxed) * 2).min(PROBE_MAX)
         } else {
             PROBE
         };
-        if n % probe == probe - 1 {
-            self.burst.store(BURST - 1, Ordering::Relaxed);
-            !faster_inline
-        } else {
-            faster_inline
-        }
+        self.interval.store(interval, Ordering::Relaxed);
+        self.until_probe.store(interval, Ordering::Relaxed);
+        self.burst.store(BURST - 1, Ordering::Relaxed);
+        !faster_inline
     }
 
     /// Whether operations may run inline at all (`DriverBuilder::inline_at_qd1`).
@@ -240,22 +255,67 @@ mod tests {
         assert!(inline.choose(), "back to the faster path");
     }
 
+    /// Where each probe starts: a pick of the slower path after one of the faster.
+    fn probe_starts(picks: &[bool], fast: bool) -> Vec<usize> {
+        (0..picks.len())
+            .filter(|&i| picks[i] != fast && (i == 0 || picks[i - 1] == fast))
+            .collect()
+    }
+
     #[test]
-    fn a_path_far_ahead_is_probed_less_often_once_both_are_settled() {
-        // 20 % apart but the ring has one sample: probed as often as when near.
-        let inline = settled(1, 50_000, 40_000);
-        let picks: Vec<bool> = (0..PROBE).map(|_| inline.choose()).collect();
-        assert!(!picks[PROBE as usize - 1]);
-        // Settled: one in `PROBE_FAR`.
+    fn probes_back_off_while_the_same_path_stays_faster() {
+        let b = BURST as usize - 1;
         let inline = settled(SETTLED, 50_000, 40_000);
-        let picks: Vec<bool> = (0..PROBE_FAR).map(|_| inline.choose()).collect();
-        assert_eq!(picks.iter().filter(|&&p| !p).count(), 1);
-        assert!(!picks[PROBE_FAR as usize - 1], "the probe takes the ring");
-        // The same when the ring is the one far ahead.
+        let picks: Vec<bool> = (0..6000).map(|_| inline.choose()).collect();
+        let starts = probe_starts(&picks, true);
+        assert_eq!(starts[0], PROBE as usize - 1);
+        let gaps: Vec<usize> = starts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(
+            gaps[..7],
+            [
+                32 + b,
+                64 + b,
+                128 + b,
+                256 + b,
+                512 + b,
+                1024 + b,
+                1024 + b
+            ]
+        );
+        // The same when the ring is the one ahead.
         let inline = settled(SETTLED, 40_000, 50_000);
-        let picks: Vec<bool> = (0..PROBE_FAR).map(|_| inline.choose()).collect();
-        assert_eq!(picks.iter().filter(|&&p| p).count(), 1);
-        assert!(picks[PROBE_FAR as usize - 1], "the probe runs inline");
+        let picks: Vec<bool> = (0..300).map(|_| inline.choose()).collect();
+        let starts = probe_starts(&picks, false);
+        assert_eq!(starts[1] - starts[0], 32 + b);
+        assert_eq!(starts[2] - starts[1], 64 + b);
+        // Not settled: every `PROBE`.
+        let inline = settled(1, 50_000, 40_000);
+        let picks: Vec<bool> = (0..300).map(|_| inline.choose()).collect();
+        let starts = probe_starts(&picks, true);
+        assert!(
+            starts.windows(2).all(|w| w[1] - w[0] == 32 + b),
+            "{starts:?}"
+        );
+    }
+
+    #[test]
+    fn probes_come_often_again_once_the_faster_path_changes() {
+        let b = BURST as usize - 1;
+        let inline = settled(WINDOW, 50_000, 40_000);
+        for _ in 0..3000 {
+            inline.choose();
+        }
+        assert_eq!(inline.interval.load(Ordering::Relaxed), PROBE_MAX);
+        // The ring becomes fast (as its probes would show): it is now the faster path.
+        for _ in 0..40 {
+            inline.record(false, 20_000);
+        }
+        let picks: Vec<bool> = (0..3000).map(|_| inline.choose()).collect();
+        let starts = probe_starts(&picks, false);
+        // The first probe of the blocking call notices the change: the next comes `PROBE`
+        // later, then the interval doubles again.
+        assert_eq!(starts[1] - starts[0], 32 + b);
+        assert_eq!(starts[2] - starts[1], 64 + b);
     }
 
     #[test]
