@@ -25,8 +25,10 @@
 //!    is queued. If the pusher saw it still active, that submission sees the entry.
 //!
 //! The loom model below checks both handshakes for one reaper against a model of the kernel's
-//! two queues. The hand-over between the reaper thread and a `block_on` thread, and the
-//! watchdog, are covered by the tests in `tests/block_on.rs`, not by the model. (An earlier
+//! two queues, and `Standby`'s wake-ups (a future starting to wait, an owner leaving, an
+//! operation pushed while the reaper sleeps unwatched). The hand-over between the reaper
+//! thread and a `block_on` thread, and the watchdog's rescues, are covered by the tests in
+//! `tests/block_on.rs`, not by the model. (An earlier
 //! version also left entries while the reaper waited in the kernel, when enough completions
 //! were owed to wake it: on the virtio disk here that cost 10-15 % of the IOPS at queue depth
 //! 32, each entry waiting for the next burst of completions.)
@@ -183,14 +185,17 @@ impl Standby {
         // our operation, or we see it unwatched and notify it under its lock, which it holds
         // until it waits.
         fence(Ordering::SeqCst);
-        if self.unwatched.load(Ordering::SeqCst) {
+        // The first pusher to see it takes the mark: one notify wakes it, and the pushers
+        // that follow before it runs need not take its lock for nothing. (A load first: the
+        // common case writes nothing.)
+        if self.unwatched.load(Ordering::SeqCst) && self.unwatched.swap(false, Ordering::SeqCst) {
             self.notify();
         }
     }
 
     /// The reaper: if `may_idle`, sleeps until notified and says how; else returns `Busy` at
     /// once. While owned with operations in the ring (`in_ring`), the sleep ends after
-    /// `timeout` too.
+    /// `timeout` too (`Woke::Watched`).
     pub(crate) fn sleep(
         &self,
         may_idle: impl Fn() -> bool,
@@ -198,17 +203,18 @@ impl Standby {
         timeout: std::time::Duration,
     ) -> Woke {
         self.sleep_with(may_idle, in_ring, |guard| {
-            self.wake.wait_timeout(guard, timeout).unwrap().0
+            let (guard, result) = self.wake.wait_timeout(guard, timeout).unwrap();
+            (guard, result.timed_out())
         })
     }
 
-    /// `sleep`, with the timed wait given: the loom model's times out at once (loom's own
-    /// never does).
+    /// `sleep`, with the timed wait given (it returns whether it timed out): the loom model's
+    /// times out at once (loom's own never does).
     fn sleep_with<'a>(
         &'a self,
         may_idle: impl Fn() -> bool,
         in_ring: impl Fn() -> bool,
-        timed_wait: impl FnOnce(MutexGuard<'a, ()>) -> MutexGuard<'a, ()>,
+        timed_wait: impl FnOnce(MutexGuard<'a, ()>) -> (MutexGuard<'a, ()>, bool),
     ) -> Woke {
         let guard = self.lock.lock().unwrap();
         self.idle.store(true, Ordering::SeqCst);
@@ -226,9 +232,14 @@ impl Standby {
         };
         let (guard, woke) = if watch {
             self.unwatched.store(false, Ordering::SeqCst);
-            (timed_wait(guard), Woke::Timed)
+            match timed_wait(guard) {
+                (guard, true) => (guard, Woke::Watched),
+                // A notify (or a spurious wake-up) is no period of watching: the owner gets a
+                // whole one before it is judged.
+                (guard, false) => (guard, Woke::Notified),
+            }
         } else {
-            (self.wake.wait(guard).unwrap(), Woke::Untimed)
+            (self.wake.wait(guard).unwrap(), Woke::Notified)
         };
         self.unwatched.store(false, Ordering::SeqCst);
         self.idle.store(false, Ordering::SeqCst);
@@ -242,10 +253,11 @@ impl Standby {
 pub(crate) enum Woke {
     /// It may not idle: it did not sleep.
     Busy,
-    /// It watched an owner with operations in the ring: notified, or its period is over.
-    Timed,
-    /// It slept without a timeout (no owner, or nothing in the ring), until notified.
-    Untimed,
+    /// It watched an owner with operations in the ring for a whole period.
+    Watched,
+    /// It was notified (or woke spuriously): from a sleep without a timeout (no owner, or
+    /// nothing in the ring), or before its period was over.
+    Notified,
 }
 
 /// Model check of the rules above: every interleaving of a pusher with the active reaper and
@@ -466,9 +478,9 @@ mod loom_model {
 
             let in_ring = || in_flight.load(Ordering::Acquire) > 0;
             loop {
-                match standby.sleep_with(|| standby.owned(), in_ring, |guard| guard) {
-                    Woke::Timed => break,
-                    Woke::Untimed => {}
+                match standby.sleep_with(|| standby.owned(), in_ring, |guard| (guard, true)) {
+                    Woke::Watched => break,
+                    Woke::Notified => {}
                     Woke::Busy => unreachable!("owned: may idle"),
                 }
             }

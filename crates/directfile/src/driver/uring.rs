@@ -416,8 +416,6 @@ impl Uring {
             self.enter_submit(Room::Wait);
             sq.sync();
         });
-        // An owner's reaper thread that sleeps unwatched (the ring was empty) watches again.
-        self.standby.pushed();
         // While a `block_on` thread is the reaper, only its own entries wait for it: it may be
         // busy in user code for a while. (Refusing to leave an entry is always safe.)
         if self.gate.may_leave_queued() && {
@@ -427,11 +425,16 @@ impl Uring {
             // At most SUBMIT_BATCH entries wait for the reaper: the one that makes the batch
             // full submits it. (Only a cost trade; any entry may always be submitted.)
             if self.queued.fetch_add(1, Ordering::Relaxed) + 1 < SUBMIT_BATCH {
+                self.standby.pushed();
                 return Ok(());
             }
             self.queued.store(0, Ordering::Relaxed);
         }
         self.enter_submit(Room::Reap(shared));
+        // An owner's reaper thread that sleeps unwatched (the ring was empty) watches again.
+        // After the submission, which it need not wait for: the slot was counted in flight
+        // when it was acquired, before this.
+        self.standby.pushed();
         Ok(())
     }
 
@@ -520,7 +523,9 @@ impl Uring {
         let mut last_visits = self.ring_visits.load(Ordering::Relaxed);
         let mut period = WATCHDOG_MAX;
         // In the ring: in flight and not the operation the owner runs inline. (The two loads
-        // may straddle an operation's end: at worst one needless look.)
+        // may straddle an operation's end: at worst one needless look. They never read an
+        // operation in the ring as none: only the owner runs an operation inline, and only
+        // when it is the one in flight, `Op::poll_submit`.)
         let in_ring = || shared.slots.in_flight() > shared.inline.running();
         loop {
             match self
@@ -528,13 +533,13 @@ impl Uring {
                 .sleep(|| self.may_idle(shared), in_ring, period)
             {
                 Woke::Busy => return,
-                Woke::Untimed => {
-                    // Nothing to watch until now: whatever is in the ring now gets a whole
-                    // period before the first look.
+                Woke::Notified => {
+                    // No whole period watched: whatever is in the ring now gets one before
+                    // the owner is judged.
                     last_visits = self.ring_visits.load(Ordering::Relaxed);
                     continue;
                 }
-                Woke::Timed => {}
+                Woke::Watched => {}
             }
             if !self.owned() {
                 continue;
