@@ -128,6 +128,44 @@ pub fn cpu_times() -> (Duration, Duration) {
     (to_duration(usage.ru_utime), to_duration(usage.ru_stime))
 }
 
+/// The signals the CLI handles: Ctrl-C, `kill`, and the terminal going away.
+const HANDLED: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// A signal set holding [`HANDLED`].
+fn handled_set() -> libc::sigset_t {
+    let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
+    // SAFETY: `set` is writable memory the size of a `sigset_t`; sigemptyset initialises it and
+    // sigaddset only adds valid signal numbers to it.
+    unsafe {
+        libc::sigemptyset(set.as_mut_ptr());
+        for signal in HANDLED {
+            libc::sigaddset(set.as_mut_ptr(), signal);
+        }
+        set.assume_init()
+    }
+}
+
+/// Makes `handler` the action of every signal in [`HANDLED`]. The handler must make only
+/// async-signal-safe calls.
+fn install_handler(handler: extern "C" fn(libc::c_int)) -> io::Result<()> {
+    for signal in HANDLED {
+        let mut action = MaybeUninit::<libc::sigaction>::zeroed();
+        // SAFETY: a zeroed sigaction is a valid starting value (empty mask, no flags); its
+        // handler is an `extern "C" fn(c_int)`, which the caller promises makes only
+        // async-signal-safe calls.
+        let rc = unsafe {
+            let action_ptr = action.as_mut_ptr();
+            (*action_ptr).sa_sigaction = handler as *const () as libc::sighandler_t;
+            libc::sigemptyset(&mut (*action_ptr).sa_mask);
+            libc::sigaction(signal, action_ptr, ptr::null_mut())
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 /// The path the signal handler unlinks: a leaked `CString`, or null.
 static CLEANUP_PATH: AtomicPtr<libc::c_char> = AtomicPtr::new(ptr::null_mut());
 
@@ -148,21 +186,8 @@ pub fn remove_on_signal(path: &Path) -> io::Result<()> {
     let raw = c_path(path)?.into_raw();
     // The previous path (if any) is leaked on purpose: the handler may be reading it right now.
     CLEANUP_PATH.store(raw, Ordering::SeqCst);
-    for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-        let mut action = MaybeUninit::<libc::sigaction>::zeroed();
-        // SAFETY: a zeroed sigaction is a valid starting value (empty mask, no flags); we set the
-        // handler to an `extern "C" fn(c_int)` that only makes async-signal-safe calls.
-        let rc = unsafe {
-            let action_ptr = action.as_mut_ptr();
-            (*action_ptr).sa_sigaction = remove_file_and_exit as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut (*action_ptr).sa_mask);
-            libc::sigaction(signal, action_ptr, ptr::null_mut())
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-    }
-    Ok(())
+    // `remove_file_and_exit` only calls unlink(2) and _exit(2).
+    install_handler(remove_file_and_exit)
 }
 
 /// Stops removing the path registered by [`remove_on_signal`] (the caller removes it itself).
@@ -179,16 +204,7 @@ pub fn forget_on_signal() {
 pub fn handle_signals_on_thread(
     handler: impl FnOnce(libc::c_int) + Send + 'static,
 ) -> io::Result<()> {
-    let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
-    // SAFETY: `set` is writable memory the size of a `sigset_t`; sigemptyset initialises it and
-    // sigaddset only adds valid signal numbers to it.
-    let set = unsafe {
-        libc::sigemptyset(set.as_mut_ptr());
-        for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(set.as_mut_ptr(), signal);
-        }
-        set.assume_init()
-    };
+    let set = handled_set();
     // SAFETY: `set` is an initialised signal set; the old mask is not wanted (null).
     let rc = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, ptr::null_mut()) };
     if rc != 0 {
@@ -250,18 +266,8 @@ pub fn run_in_own_session() -> io::Result<Option<u8>> {
             "the process has {threads} threads, and fork copies one"
         )));
     }
-    const PASSED_ON: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
-    let mut set = MaybeUninit::<libc::sigset_t>::zeroed();
+    let set = handled_set();
     let mut old = MaybeUninit::<libc::sigset_t>::zeroed();
-    // SAFETY: `set` is writable memory the size of a `sigset_t`; sigemptyset initialises it and
-    // sigaddset only adds valid signal numbers to it.
-    let set = unsafe {
-        libc::sigemptyset(set.as_mut_ptr());
-        for signal in PASSED_ON {
-            libc::sigaddset(set.as_mut_ptr(), signal);
-        }
-        set.assume_init()
-    };
     // Blocked across the fork, so a Ctrl-C before the parent's handler is in place waits for
     // it rather than killing the parent alone (the child starts with no pending signals).
     // SAFETY: `set` is initialised and `old` is writable memory for the previous mask.
@@ -301,16 +307,11 @@ pub fn run_in_own_session() -> io::Result<Option<u8>> {
         return Ok(None);
     }
     SESSION_CHILD.store(child, Ordering::SeqCst);
-    for signal in PASSED_ON {
-        let mut action = MaybeUninit::<libc::sigaction>::zeroed();
-        // SAFETY: a zeroed sigaction is a valid starting value (empty mask, no flags); we set the
-        // handler to an `extern "C" fn(c_int)` that only makes async-signal-safe calls.
-        unsafe {
-            let action_ptr = action.as_mut_ptr();
-            (*action_ptr).sa_sigaction = pass_on as *const () as libc::sighandler_t;
-            libc::sigemptyset(&mut (*action_ptr).sa_mask);
-            libc::sigaction(signal, action_ptr, ptr::null_mut());
-        }
+    // `pass_on` only calls kill(2). Should this fail, a signal still reaches the parent with
+    // its default action, and the child dies with it (PR_SET_PDEATHSIG): nothing is lost but
+    // the child's own clean-up, so the wait goes on regardless.
+    if let Err(err) = install_handler(pass_on) {
+        eprintln!("directfile: cannot pass signals on to the bench: {err}");
     }
     restore();
     // Wait for the child to end without reaping it, so that its pid cannot be reused while the

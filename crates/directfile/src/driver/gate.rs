@@ -408,6 +408,26 @@ mod loom_model {
         run(2, true);
     }
 
+    /// A thread whose future starts waiting: raises `unattended`, then kicks the reaper.
+    fn a_future_starts_waiting(
+        standby: &Arc<Standby>,
+        unattended: &Arc<AtomicUsize>,
+    ) -> loom::thread::JoinHandle<()> {
+        let (standby, unattended) = (standby.clone(), unattended.clone());
+        loom::thread::spawn(move || {
+            unattended.fetch_add(1, Ordering::SeqCst);
+            standby.kick();
+        })
+    }
+
+    /// The reaper, with nothing in the ring: sleeps while owned or while nothing is
+    /// unattended, and returns once it may not. A lost wake-up blocks it: a deadlock.
+    fn sleep_while_idle(standby: &Standby, unattended: &AtomicUsize) {
+        let may_idle = || standby.owned() || unattended.load(Ordering::SeqCst) == 0;
+        while standby.sleep(may_idle, || false, std::time::Duration::from_millis(1)) != Woke::Busy {
+        }
+    }
+
     /// The reaper's sleep against `kick` and an owner leaving: a future starts waiting while a
     /// `block_on` thread owns the ring, then the owner leaves. The reaper must end up awake
     /// (it sleeps while owned or while nothing is unattended); a lost wake-up is a deadlock.
@@ -419,20 +439,13 @@ mod loom_model {
             let unattended = Arc::new(AtomicUsize::new(0));
             assert!(standby.try_own(1));
 
-            let (s2, u2) = (standby.clone(), unattended.clone());
-            let future = loom::thread::spawn(move || {
-                u2.fetch_add(1, Ordering::SeqCst);
-                s2.kick();
-            });
+            let future = a_future_starts_waiting(&standby, &unattended);
             let (s3, u3) = (standby.clone(), unattended.clone());
             let owner = loom::thread::spawn(move || {
                 s3.disown(|| u3.load(Ordering::SeqCst));
             });
 
-            let may_idle = || standby.owned() || unattended.load(Ordering::SeqCst) == 0;
-            while standby.sleep(may_idle, || false, std::time::Duration::from_millis(1))
-                != Woke::Busy
-            {}
+            sleep_while_idle(&standby, &unattended);
 
             future.join().unwrap();
             owner.join().unwrap();
@@ -445,15 +458,8 @@ mod loom_model {
         loom::model(|| {
             let standby = Arc::new(Standby::new());
             let unattended = Arc::new(AtomicUsize::new(0));
-            let (s2, u2) = (standby.clone(), unattended.clone());
-            let future = loom::thread::spawn(move || {
-                u2.fetch_add(1, Ordering::SeqCst);
-                s2.kick();
-            });
-            let may_idle = || standby.owned() || unattended.load(Ordering::SeqCst) == 0;
-            while standby.sleep(may_idle, || false, std::time::Duration::from_millis(1))
-                != Woke::Busy
-            {}
+            let future = a_future_starts_waiting(&standby, &unattended);
+            sleep_while_idle(&standby, &unattended);
             future.join().unwrap();
         });
     }
