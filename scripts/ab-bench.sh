@@ -12,7 +12,9 @@
 # CPUS=LIST pins every run, fio's too, to those CPUs (taskset -c LIST). On a VM whose disk has
 # one queue, the vCPU that takes its interrupt (grep virtio /proc/interrupts) finishes a QD1
 # write sooner than the other; an unpinned run lands on either, and stays there.
-# fio runs psync at QD1 and io_uring at higher depths (direct=1, 4 KiB random writes).
+# fio runs psync at QD1 and io_uring at higher depths (direct=1, 4 KiB random writes). fio's CPU
+# per write is its usr+sys share of the job's runtime in ms (`job_runtime`; its `elapsed` is whole
+# seconds and counts the set-up: 3 for a 2 s run, which made fio's CPU look half as high again).
 set -euo pipefail
 file=${1:?usage: ab-bench.sh FILE BIN_OR_fio...}
 shift
@@ -35,7 +37,7 @@ for _ in $(seq 1 "$rounds"); do
       # shellcheck disable=SC2086
       $pin fio --name=ab --filename="$file" --rw=randwrite --bs=4k --direct=1 $fio_sync $engine ${FIO_ARGS:-} \
         --runtime="$runtime" --time_based --size=256m --output-format=json 2>/dev/null |
-        python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; w=j['write']; print('fio', round(w['iops']), w['clat_ns']['percentile']['50.000000']/1000, round((j['usr_cpu']+j['sys_cpu'])/100*j['elapsed']*1e6/max(w['total_ios'],1),2))"
+        python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; w=j['write']; print('fio', round(w['iops']), w['clat_ns']['percentile']['50.000000']/1000, round((j['usr_cpu']+j['sys_cpu'])/100*j['job_runtime']*1e3/max(w['total_ios'],1),2))"
     else
       bin=${b%@*}
       be=$backend
