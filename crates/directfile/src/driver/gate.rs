@@ -494,3 +494,79 @@ mod loom_model {
         });
     }
 }
+
+/// `Standby::sleep`'s outcomes on real threads and clocks (the loom models cover the
+/// wake-up races; loom's timed wait never runs its clock).
+#[cfg(all(test, not(directfile_loom)))]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::time::{Duration, Instant};
+
+    const LONG: Duration = Duration::from_secs(30);
+
+    /// Runs `sleep` on a thread with an owner and `in_ring`, lets `poke` act on the standby
+    /// once the thread sleeps, and returns how it woke and how long it slept.
+    fn sleep_owned(
+        in_ring: bool,
+        timeout: Duration,
+        poke: impl FnOnce(&Standby),
+    ) -> (Woke, Duration) {
+        let standby = Arc::new(Standby::new());
+        assert!(standby.try_own(1));
+        let sleeper = {
+            let standby = Arc::clone(&standby);
+            std::thread::spawn(move || {
+                let start = Instant::now();
+                let woke = standby.sleep(|| true, || in_ring, timeout);
+                (woke, start.elapsed())
+            })
+        };
+        // `idle` is stored under the lock that the wait releases: once it is up and the lock
+        // is free again, the sleeper waits on the condition variable.
+        while !(standby.idle.load(Ordering::SeqCst) && standby.lock.try_lock().is_ok()) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        poke(&standby);
+        sleeper.join().unwrap()
+    }
+
+    #[test]
+    fn a_watched_period_that_runs_out_is_watched() {
+        let (woke, slept) = sleep_owned(true, Duration::from_millis(20), |_| {});
+        assert_eq!(woke, Woke::Watched);
+        assert!(slept >= Duration::from_millis(20), "slept {slept:?}");
+    }
+
+    #[test]
+    fn a_notify_that_ends_a_watched_period_early_is_no_period_watched() {
+        let (woke, slept) = sleep_owned(true, LONG, Standby::notify);
+        assert_eq!(woke, Woke::Notified);
+        assert!(slept < LONG, "slept {slept:?}");
+    }
+
+    #[test]
+    fn an_owner_with_nothing_in_the_ring_is_not_watched_until_a_push() {
+        let (woke, slept) = sleep_owned(false, Duration::from_millis(1), |standby| {
+            // Not watched: no timeout ends this sleep (well past the 1 ms it was given).
+            std::thread::sleep(Duration::from_millis(50));
+            assert!(standby.unwatched.load(Ordering::SeqCst));
+            assert!(
+                standby.idle.load(Ordering::SeqCst),
+                "the sleep ended on a timeout"
+            );
+            standby.pushed();
+            // The push took the mark: a second one notifies no one.
+            assert!(!standby.unwatched.load(Ordering::SeqCst));
+        });
+        assert_eq!(woke, Woke::Notified);
+        assert!(slept >= Duration::from_millis(50), "slept {slept:?}");
+    }
+
+    #[test]
+    fn a_reaper_that_may_not_idle_does_not_sleep() {
+        let standby = Standby::new();
+        assert_eq!(standby.sleep(|| false, || true, LONG), Woke::Busy);
+        assert!(!standby.idle.load(Ordering::SeqCst));
+    }
+}
