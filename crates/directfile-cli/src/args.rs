@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::units::{parse_duration, parse_nonzero_size};
+use crate::units::{parse_duration, parse_nonzero_size, parse_spin};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -230,6 +230,19 @@ pub struct BenchArgs {
     /// Windows and the thread pool the driver's own threads wake them, as for `futures`).
     #[arg(long, value_enum, default_value_t = ExecutorArg::Own)]
     pub executor: ExecutorArg,
+
+    /// How long a directfile future that is alone in flight spins for its completion before
+    /// it sleeps (`DriverBuilder::spin`; 0 turns spinning off, on the thread pool's workers
+    /// too). Spinning trades CPU for latency at queue depth 1: measure both ways on your machine
+    /// (docs/BENCHMARKS.md). Default: the driver's, 250us
+    #[arg(long, value_name = "DURATION", value_parser = parse_spin)]
+    pub spin: Option<Duration>,
+
+    /// io_uring: keep an operation that is alone in flight on the ring. By default, under
+    /// `Driver::block_on`, the driver runs it as one blocking call on the calling thread when
+    /// that has been faster lately (`DriverBuilder::inline_at_qd1`)
+    #[arg(long)]
+    pub ring_only: bool,
 
     /// Run directfile (both drivers), std, tokio and fio (when installed) on the same file,
     /// alternating them (each round in a different order), and print one table of medians

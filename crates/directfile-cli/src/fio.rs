@@ -204,6 +204,7 @@ mod tests {
             dsync: true,
             memory_align: 4096,
             executor: crate::args::ExecutorArg::Own,
+            tuning: Default::default(),
         };
         let qd1 = command_line(Path::new("/f"), &workload);
         assert!(qd1.contains(&"--ioengine=psync".to_string()));

@@ -149,6 +149,7 @@ fn fio_dsync_qd1(dir: &Path, runtime: Duration) -> CliResult<Measurement> {
         dsync: true,
         memory_align: 4096,
         executor: crate::args::ExecutorArg::Own,
+        tuning: Default::default(),
     };
     let path = dir.join("fio-4k-dsync-qd1.dat");
     fs::File::create(&path)

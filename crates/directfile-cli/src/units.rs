@@ -61,7 +61,7 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         "h" => value * 3600.0,
         _ => {
             return Err(format!(
-                "'{text}' is not a duration: unknown unit '{suffix}' (use ms, s, m or h)"
+                "'{text}' is not a duration: unknown unit '{suffix}' (use us, ms, s, m or h)"
             ))
         }
     };
@@ -69,6 +69,18 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err(format!("'{text}' must be a positive duration"));
     }
     Ok(Duration::from_secs_f64(seconds))
+}
+
+/// A spin budget: a duration as for [`parse_duration`], or zero (`0`, `0us`: no spinning).
+pub fn parse_spin(text: &str) -> Result<Duration, String> {
+    let trimmed = text.trim();
+    let unit = trimmed.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
+    let number = &trimmed[..trimmed.len() - unit.len()];
+    // Zero with a unit parse_duration knows (checked on a one of that unit).
+    if number.parse::<f64>() == Ok(0.0) && parse_duration(&format!("1{unit}")).is_ok() {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(trimmed)
 }
 
 /// Prints bytes with a binary unit: `4 KiB`, `256 MiB`, `1.5 GiB`.
@@ -140,6 +152,18 @@ mod tests {
         assert!(parse_duration("5x").is_err());
         assert!(parse_duration("0s").is_err());
         assert!(parse_duration("s").is_err());
+    }
+
+    #[test]
+    fn spin_budgets_may_be_zero() {
+        assert_eq!(parse_spin("0"), Ok(Duration::ZERO));
+        assert_eq!(parse_spin("0us"), Ok(Duration::ZERO));
+        assert_eq!(parse_spin("250us"), Ok(Duration::from_micros(250)));
+        assert_eq!(parse_spin("2ms"), Ok(Duration::from_millis(2)));
+        let err = parse_spin("0x").unwrap_err();
+        assert!(err.contains("'0x'"), "{err}");
+        assert!(parse_spin("-1us").is_err());
+        assert!(parse_spin("").is_err());
     }
 
     #[test]

@@ -36,6 +36,7 @@ fn bad_input_is_one_line_and_leaves_no_file() {
         (&["bench", "--rw", "trim"], "trim"),
         (&["bench", "--executor", "rayon"], "rayon"),
         (&["bench", "--runtime", "5 parsecs"], "5 parsecs"),
+        (&["bench", "--spin", "0x"], "0x"),
         (&["bench", "missing-dir/file"], "does not exist"),
         (
             &["bench", "--size", "4k", "--bs", "8k"],
@@ -232,6 +233,51 @@ fn bench_on_another_executor_is_named_so() {
         assert!(entries(&dir).is_empty(), "left {:?}", entries(&dir));
         let _ = fs::remove_dir_all(&dir);
     }
+}
+
+/// `--spin` and `--ring-only` tune the driver; the table's heading says how, so a result is
+/// never mistaken for the defaults'.
+#[test]
+fn a_tuned_driver_is_named_in_the_heading() {
+    let dir = scratch("bench-tuning");
+    for (flags, heading) in [
+        (&["--spin", "0"][..], ", spin 0 us"),
+        (
+            &["--spin", "2ms", "--ring-only"][..],
+            ", spin 2000 us, ring only",
+        ),
+        (&[][..], " s per run"),
+    ] {
+        let mut args = vec![
+            "bench",
+            "--runtime",
+            "200ms",
+            "--size",
+            "8m",
+            "--qd",
+            "1",
+            "--backend",
+            "threads",
+        ];
+        args.extend_from_slice(flags);
+        let output = run_in(&dir, &args);
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let first = stdout.lines().next().unwrap_or_default();
+        assert!(first.contains(heading), "{flags:?}: {first}");
+        if flags.is_empty() {
+            assert!(
+                !first.contains("spin") && !first.contains("ring only"),
+                "{first}"
+            );
+        }
+    }
+    assert!(entries(&dir).is_empty(), "left {:?}", entries(&dir));
+    let _ = fs::remove_dir_all(&dir);
 }
 
 #[test]

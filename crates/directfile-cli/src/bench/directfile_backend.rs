@@ -28,28 +28,32 @@ use crate::error::{cli_error, CliResult};
 /// uses async-io's reactor (tokio's is the default when a future waits in a runtime); both
 /// are io_uring's only: on Windows the completion port's reaper thread wakes the futures on
 /// every executor.
-fn driver_for(backend: Backend, queue_depth: usize, executor: ExecutorArg) -> CliResult<Driver> {
+fn driver_for(backend: Backend, workload: &Workload) -> CliResult<Driver> {
+    let executor = workload.executor;
     let choice = match backend {
         Backend::Uring => BackendChoice::Uring,
         Backend::Iocp => BackendChoice::Iocp,
         Backend::Threads => BackendChoice::Threads,
         _ => BackendChoice::Auto,
     };
-    Driver::builder()
-        .queue_depth(queue_depth)
+    let mut builder = Driver::builder()
+        .queue_depth(workload.qd)
         .backend(choice)
         .cooperative_completions(executor == ExecutorArg::Own)
         .reactor(match executor {
             ExecutorArg::Smol => Reactor::AsyncIo,
             _ => Reactor::Auto,
         })
-        .build()
-        .map_err(|err| {
-            cli_error!(
-                "directfile {}: cannot start the driver: {err}",
-                backend.name()
-            )
-        })
+        .inline_at_qd1(!workload.tuning.ring_only);
+    if let Some(spin) = workload.tuning.spin {
+        builder = builder.spin(spin);
+    }
+    builder.build().map_err(|err| {
+        cli_error!(
+            "directfile {}: cannot start the driver: {err}",
+            backend.name()
+        )
+    })
 }
 
 /// The backend `Driver::new()` picks here and why: `(backend, reason)`.
@@ -104,7 +108,7 @@ async fn worker(
 
 /// Runs `workload` on `path` through directfile with `backend`.
 pub fn run(backend: Backend, path: &Path, workload: &Workload) -> CliResult<Measurement> {
-    let driver = driver_for(backend, workload.qd, workload.executor)?;
+    let driver = driver_for(backend, workload)?;
     let name = match workload.executor {
         ExecutorArg::Own => driver.backend().to_string(),
         ExecutorArg::Futures => format!("{}+futures", driver.backend()),

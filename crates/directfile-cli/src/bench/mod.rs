@@ -14,7 +14,7 @@ use std::sync::Arc;
 
 use crate::args::{BackendArg, BenchArgs, ExecutorArg};
 use crate::bench::stats::{median_measurement, Measurement};
-use crate::bench::workload::Workload;
+use crate::bench::workload::{DriverTuning, Workload};
 use crate::device;
 use crate::error::{cli_error, CliResult};
 use crate::fio;
@@ -177,6 +177,10 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
         // segments, which cost the baselines 5 µs of p50 per write at QD1 on the virtio disk.
         memory_align: memory_align.max(PAGE) as usize,
         executor: args.executor,
+        tuning: DriverTuning {
+            spin: args.spin,
+            ring_only: args.ring_only,
+        },
     };
     check_direct_open(path, &workload)?;
 
@@ -236,7 +240,7 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
     } else {
         let file_system = file_system_label(path);
         println!(
-            "{} {} QD{}{} on {} ({}, {}; direct-I/O alignment {} B), {:.1} s per run{}",
+            "{} {} QD{}{} on {} ({}, {}; direct-I/O alignment {} B), {:.1} s per run{}{}",
             workload.rw,
             format_bytes(workload.bs as u64),
             workload.qd,
@@ -246,6 +250,7 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
             file_system,
             offset_align,
             workload.runtime.as_secs_f64(),
+            workload.tuning,
             if rounds > 1 {
                 format!(", {rounds} rounds alternated, medians")
             } else {

@@ -1,6 +1,7 @@
 //! The workload: parameters, offsets (a cheap PRNG, no allocation), aligned buffers for the
 //! baselines, and laying the file out with real data before anything is measured.
 
+use std::fmt;
 use std::fs;
 use std::io;
 #[cfg(unix)]
@@ -29,6 +30,30 @@ pub struct Workload {
     pub memory_align: usize,
     /// What runs directfile's futures.
     pub executor: crate::args::ExecutorArg,
+    /// How directfile's driver is tuned (the defaults unless `--spin` or `--ring-only`).
+    pub tuning: DriverTuning,
+}
+
+/// The driver settings `bench` can change, to measure what they trade.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DriverTuning {
+    /// `DriverBuilder::spin`, or the driver's default.
+    pub spin: Option<Duration>,
+    /// `DriverBuilder::inline_at_qd1(false)`.
+    pub ring_only: bool,
+}
+
+impl fmt::Display for DriverTuning {
+    /// `, spin 0 us, ring only`: what differs from the defaults, for a table's heading.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(spin) = self.spin {
+            write!(f, ", spin {} us", spin.as_micros())?;
+        }
+        if self.ring_only {
+            write!(f, ", ring only")?;
+        }
+        Ok(())
+    }
 }
 
 impl Workload {
@@ -193,6 +218,7 @@ mod tests {
             dsync: false,
             memory_align: 4096,
             executor: crate::args::ExecutorArg::Own,
+            tuning: DriverTuning::default(),
         }
     }
 
