@@ -235,8 +235,8 @@ fn bench_on_another_executor_is_named_so() {
     }
 }
 
-/// `--spin` and `--ring-only` tune the driver; the table's heading says how, so a result is
-/// never mistaken for the defaults'.
+/// `--spin` and `--ring-only` tune the driver; the table's heading and the backend's name say
+/// how, so a result is never mistaken for the defaults'.
 #[test]
 fn a_tuned_driver_is_named_in_the_heading() {
     let dir = scratch("bench-tuning");
@@ -276,6 +276,33 @@ fn a_tuned_driver_is_named_in_the_heading() {
             );
         }
     }
+    // In JSON the backend's name carries it.
+    let output = run_in(
+        &dir,
+        &[
+            "bench",
+            "--runtime",
+            "300ms",
+            "--size",
+            "8m",
+            "--qd",
+            "1",
+            "--backend",
+            "threads",
+            "--spin",
+            "0",
+            "--json",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let results = parse_results(&output.stdout);
+    assert_eq!(results.len(), 1);
+    check_result(&results[0], "randwrite", 1);
+    assert_eq!(results[0]["backend"], "threads[spin 0 us]");
     assert!(entries(&dir).is_empty(), "left {:?}", entries(&dir));
     let _ = fs::remove_dir_all(&dir);
 }

@@ -115,6 +115,7 @@ pub fn run(backend: Backend, path: &Path, workload: &Workload) -> CliResult<Meas
         ExecutorArg::Tokio => format!("{}+tokio", driver.backend()),
         ExecutorArg::Smol => format!("{}+smol", driver.backend()),
     };
+    let name = workload.tuning.name(name);
     let file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -250,7 +250,10 @@ pub fn run(args: BenchArgs) -> CliResult<()> {
             file_system,
             offset_align,
             workload.runtime.as_secs_f64(),
-            workload.tuning,
+            workload
+                .tuning
+                .describe()
+                .map_or_else(String::new, |tuning| format!(", {tuning}")),
             if rounds > 1 {
                 format!(", {rounds} rounds alternated, medians")
             } else {

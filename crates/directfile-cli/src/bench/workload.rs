@@ -1,7 +1,6 @@
 //! The workload: parameters, offsets (a cheap PRNG, no allocation), aligned buffers for the
 //! baselines, and laying the file out with real data before anything is measured.
 
-use std::fmt;
 use std::fs;
 use std::io;
 #[cfg(unix)]
@@ -43,16 +42,26 @@ pub struct DriverTuning {
     pub ring_only: bool,
 }
 
-impl fmt::Display for DriverTuning {
-    /// `, spin 0 us, ring only`: what differs from the defaults, for a table's heading.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl DriverTuning {
+    /// What differs from the driver's defaults (`spin 0 us, ring only`), or `None`.
+    pub fn describe(&self) -> Option<String> {
+        let mut parts = Vec::new();
         if let Some(spin) = self.spin {
-            write!(f, ", spin {} us", spin.as_micros())?;
+            parts.push(format!("spin {} us", spin.as_micros()));
         }
         if self.ring_only {
-            write!(f, ", ring only")?;
+            parts.push("ring only".to_string());
         }
-        Ok(())
+        (!parts.is_empty()).then(|| parts.join(", "))
+    }
+
+    /// A directfile backend's name with the tuning it ran with: `threads[spin 0 us]`, so a
+    /// JSON line or a table row is never mistaken for the defaults'.
+    pub fn name(&self, backend: String) -> String {
+        match self.describe() {
+            Some(tuning) => format!("{backend}[{tuning}]"),
+            None => backend,
+        }
     }
 }
 
