@@ -94,6 +94,7 @@ pub fn run(args: ProbeArgs) -> CliResult<()> {
     let device = device::block_device(&probe_file.path);
     let (memory_align, offset_align, align_source) = device::direct_io_alignment(&probe_file.path);
     let auto = directfile_backend::auto_choice();
+    let idle = cpu_idle();
     let memory_fs = magic.is_some_and(sys::is_memory_file_system);
     // How directfile makes a write-through write durable here (SyncStrategy).
     let write_through = magic.map(|magic| directfile::SyncStrategy::for_file_system(magic as i64));
@@ -141,6 +142,11 @@ pub fn run(args: ProbeArgs) -> CliResult<()> {
             "auto_backend": match &auto {
                 Ok((backend, reason)) => json!({"backend": backend, "reason": reason}),
                 Err(err) => json!({"backend": null, "error": err.to_string()}),
+            },
+            "cpu_idle": {
+                "driver": idle.driver,
+                "governor": idle.governor,
+                "guest_halt_poll_ns": idle.guest_halt_poll_ns,
             },
         });
         println!("{value}");
@@ -233,6 +239,7 @@ pub fn run(args: ProbeArgs) -> CliResult<()> {
             Err(err) => format!("none: {err}"),
         },
     );
+    add("cpu idle", describe_cpu_idle(&idle));
     let width = lines.iter().map(|(key, _)| key.len()).max().unwrap_or(0);
     for (key, value) in lines {
         println!("{key:<width$}  {value}");
@@ -249,6 +256,58 @@ fn device_json(device: &BlockDevice) -> Value {
         "write_cache": device.write_cache,
         "fua": device.fua,
     })
+}
+
+/// How this machine's idle CPUs wait (`/sys/devices/system/cpu/cpuidle`), which sets what a
+/// queue-depth-1 write costs beyond the device: a CPU that halts at once must be woken, on a
+/// VM by the host, for each completion (docs/BENCHMARKS.md, "The guest's halt polling").
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct CpuIdle {
+    driver: Option<String>,
+    governor: Option<String>,
+    /// `haltpoll`'s `guest_halt_poll_ns`: the longest an idle vCPU polls before it halts.
+    guest_halt_poll_ns: Option<u64>,
+}
+
+fn cpu_idle() -> CpuIdle {
+    let read = |path: &str| {
+        fs::read_to_string(path)
+            .ok()
+            .map(|text| text.trim().to_string())
+            .filter(|text| !text.is_empty() && text != "none")
+    };
+    CpuIdle {
+        driver: read("/sys/devices/system/cpu/cpuidle/current_driver"),
+        governor: read("/sys/devices/system/cpu/cpuidle/current_governor")
+            .or_else(|| read("/sys/devices/system/cpu/cpuidle/current_governor_ro")),
+        guest_halt_poll_ns: read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")
+            .and_then(|text| text.parse().ok()),
+    }
+}
+
+fn describe_cpu_idle(idle: &CpuIdle) -> String {
+    let Some(driver) = &idle.driver else {
+        return "no cpuidle driver (idle CPUs use the architecture's default wait)".to_string();
+    };
+    let governor = idle
+        .governor
+        .as_ref()
+        .map(|governor| format!(", governor {governor}"))
+        .unwrap_or_default();
+    let polling = match (driver.as_str(), idle.guest_halt_poll_ns) {
+        ("haltpoll", Some(0)) => ": guest_halt_poll_ns 0, an idle vCPU halts at once and a \
+             completion waits for the host to resume it (directfile's spin avoids that for \
+             its own waits)"
+            .to_string(),
+        ("haltpoll", Some(ns)) => {
+            format!(
+                ": an idle vCPU polls up to {} us before it halts",
+                ns / 1000
+            )
+        }
+        _ => String::new(),
+    };
+    format!("{driver}{governor}{polling}")
 }
 
 fn describe_device(device: Option<&BlockDevice>) -> String {
@@ -295,6 +354,30 @@ mod tests {
         );
         let text = explain_uring_setup_error(&io::Error::from_raw_os_error(libc::ENOMEM));
         assert!(text.contains("RLIMIT_MEMLOCK"), "{text}");
+    }
+
+    #[test]
+    fn cpu_idle_says_whether_a_vcpu_halts_at_once() {
+        let mut idle = CpuIdle {
+            driver: Some("haltpoll".into()),
+            governor: Some("haltpoll".into()),
+            guest_halt_poll_ns: Some(0),
+        };
+        let text = describe_cpu_idle(&idle);
+        assert!(
+            text.starts_with("haltpoll, governor haltpoll") && text.contains("halts at once"),
+            "{text}"
+        );
+        idle.guest_halt_poll_ns = Some(200_000);
+        let text = describe_cpu_idle(&idle);
+        assert!(text.contains("polls up to 200 us"), "{text}");
+        let text = describe_cpu_idle(&CpuIdle {
+            driver: Some("intel_idle".into()),
+            governor: Some("menu".into()),
+            guest_halt_poll_ns: None,
+        });
+        assert_eq!(text, "intel_idle, governor menu");
+        assert!(describe_cpu_idle(&CpuIdle::default()).contains("no cpuidle driver"));
     }
 
     #[test]

@@ -545,6 +545,7 @@ fn probe_reports_text_and_json() {
         "block device",
         "auto backend",
         "write-through",
+        "cpu idle",
     ];
     #[cfg(windows)]
     let keys = [
@@ -571,6 +572,7 @@ fn probe_reports_text_and_json() {
         assert!(value["kernel"].is_string());
         assert!(value["io_uring"]["usable"].is_boolean());
         assert!(value["open_o_direct"]["ok"].is_boolean());
+        assert!(value["cpu_idle"].is_object(), "{value}");
     }
     assert!(value["direct_io_alignment"]["offset"].as_u64().unwrap() >= 512);
     assert!(value["auto_backend"]["backend"].is_string());
