@@ -115,7 +115,9 @@ pub fn run(backend: Backend, path: &Path, workload: &Workload) -> CliResult<Meas
         ExecutorArg::Tokio => format!("{}+tokio", driver.backend()),
         ExecutorArg::Smol => format!("{}+smol", driver.backend()),
     };
-    let name = workload.tuning.name(name);
+    let name = workload
+        .tuning
+        .name(name, driver.backend() == directfile::Backend::Uring);
     let file = OpenOptions::new()
         .read(true)
         .write(true)

@@ -45,20 +45,26 @@ pub struct DriverTuning {
 impl DriverTuning {
     /// What differs from the driver's defaults (`spin 0 us, ring only`), or `None`.
     pub fn describe(&self) -> Option<String> {
+        self.describe_on(true)
+    }
+
+    /// The same for one driver: `ring only` is io_uring's (`on_uring`) and changes no other.
+    fn describe_on(&self, on_uring: bool) -> Option<String> {
         let mut parts = Vec::new();
         if let Some(spin) = self.spin {
             parts.push(format!("spin {} us", spin.as_micros()));
         }
-        if self.ring_only {
+        if self.ring_only && on_uring {
             parts.push("ring only".to_string());
         }
         (!parts.is_empty()).then(|| parts.join(", "))
     }
 
-    /// A directfile backend's name with the tuning it ran with: `threads[spin 0 us]`, so a
-    /// JSON line or a table row is never mistaken for the defaults'.
-    pub fn name(&self, backend: String) -> String {
-        match self.describe() {
+    /// A directfile backend's name with the tuning it ran with (`threads[spin 0 us]`,
+    /// `uring[spin 0 us, ring only]`), so a JSON line or a table row is never mistaken for
+    /// the defaults'.
+    pub fn name(&self, backend: String, on_uring: bool) -> String {
+        match self.describe_on(on_uring) {
             Some(tuning) => format!("{backend}[{tuning}]"),
             None => backend,
         }
@@ -229,6 +235,29 @@ mod tests {
             executor: crate::args::ExecutorArg::Own,
             tuning: DriverTuning::default(),
         }
+    }
+
+    #[test]
+    fn a_tuned_backend_is_named_with_what_applies_to_it() {
+        let defaults = DriverTuning::default();
+        assert_eq!(defaults.describe(), None);
+        assert_eq!(defaults.name("uring".into(), true), "uring");
+        let tuned = DriverTuning {
+            spin: Some(Duration::ZERO),
+            ring_only: true,
+        };
+        assert_eq!(tuned.describe().as_deref(), Some("spin 0 us, ring only"));
+        assert_eq!(
+            tuned.name("uring+futures".into(), true),
+            "uring+futures[spin 0 us, ring only]"
+        );
+        // The thread pool has no ring: only the spin changes it.
+        assert_eq!(tuned.name("threads".into(), false), "threads[spin 0 us]");
+        let ring_only = DriverTuning {
+            spin: None,
+            ring_only: true,
+        };
+        assert_eq!(ring_only.name("threads".into(), false), "threads");
     }
 
     #[test]
