@@ -198,38 +198,46 @@ fn short_bench_prints_json_for_every_directfile_backend_and_cleans_up() {
     let _ = fs::remove_dir_all(&dir);
 }
 
+/// A 300 ms bench on the thread pool at `qd` with `extra` flags, in JSON: its one result,
+/// checked.
+fn short_threads_bench(
+    dir: &std::path::Path,
+    qd: &str,
+    extra: &[&str],
+) -> serde_json::Map<String, serde_json::Value> {
+    let mut args = vec![
+        "bench",
+        "--runtime",
+        "300ms",
+        "--size",
+        "8m",
+        "--qd",
+        qd,
+        "--backend",
+        "threads",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let output = run_in(dir, &args);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut results = parse_results(&output.stdout);
+    assert_eq!(results.len(), 1);
+    check_result(&results[0], "randwrite", qd.parse().unwrap());
+    results.remove(0)
+}
+
 /// `--executor futures|tokio|smol` drives the same futures on that executor, named in the
 /// result.
 #[test]
 fn bench_on_another_executor_is_named_so() {
     for executor in ["futures", "tokio", "smol"] {
         let dir = scratch("bench-executor");
-        let output = run_in(
-            &dir,
-            &[
-                "bench",
-                "--runtime",
-                "300ms",
-                "--size",
-                "8m",
-                "--qd",
-                "4",
-                "--backend",
-                "threads",
-                "--executor",
-                executor,
-                "--json",
-            ],
-        );
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        let results = parse_results(&output.stdout);
-        assert_eq!(results.len(), 1);
-        check_result(&results[0], "randwrite", 4);
-        assert_eq!(results[0]["backend"], format!("threads+{executor}"));
+        let result = short_threads_bench(&dir, "4", &["--executor", executor]);
+        assert_eq!(result["backend"], format!("threads+{executor}"));
         assert!(entries(&dir).is_empty(), "left {:?}", entries(&dir));
         let _ = fs::remove_dir_all(&dir);
     }
@@ -277,32 +285,8 @@ fn a_tuned_driver_is_named_in_the_heading() {
         }
     }
     // In JSON the backend's name carries it.
-    let output = run_in(
-        &dir,
-        &[
-            "bench",
-            "--runtime",
-            "300ms",
-            "--size",
-            "8m",
-            "--qd",
-            "1",
-            "--backend",
-            "threads",
-            "--spin",
-            "0",
-            "--json",
-        ],
-    );
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let results = parse_results(&output.stdout);
-    assert_eq!(results.len(), 1);
-    check_result(&results[0], "randwrite", 1);
-    assert_eq!(results[0]["backend"], "threads[spin 0 us]");
+    let result = short_threads_bench(&dir, "1", &["--spin", "0"]);
+    assert_eq!(result["backend"], "threads[spin 0 us]");
     assert!(entries(&dir).is_empty(), "left {:?}", entries(&dir));
     let _ = fs::remove_dir_all(&dir);
 }
