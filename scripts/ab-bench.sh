@@ -7,7 +7,9 @@
 #   QD=32 DSYNC=1 ROUNDS=6 RUNTIME=2 BACKEND=uring scripts/ab-bench.sh /mnt/disk/ab.dat old/directfile new/directfile fio
 #   scripts/ab-bench.sh /mnt/disk/ab.dat target/release/directfile target/release/directfile@threads fio
 #
-# BIN@BACKEND runs that build on that backend (the others on $BACKEND).
+# BIN@BACKEND runs that build on that backend (the others on $BACKEND). A comma adds bench flags
+# to one entry, each comma a space: BIN,--spin,0 or BIN@threads,--spin,2ms,--ring-only (for
+# `bench --spin` and `--ring-only`, say). The entry, flags and all, names its row.
 # FIO_ARGS adds options to fio's command line (--thread, say: see BENCHMARKS.md on sessions).
 # CPUS=LIST pins every run, fio's too, to those CPUs (taskset -c LIST). On a VM whose disk has
 # one queue, the vCPU that takes its interrupt (grep virtio /proc/interrupts) finishes a QD1
@@ -39,11 +41,14 @@ for _ in $(seq 1 "$rounds"); do
         --runtime="$runtime" --time_based --size=256m --output-format=json 2>/dev/null |
         python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; w=j['write']; print('fio', round(w['iops']), w['clat_ns']['percentile']['50.000000']/1000, round((j['usr_cpu']+j['sys_cpu'])/100*j['job_runtime']*1e3/max(w['total_ios'],1),2))"
     else
-      bin=${b%@*}
+      entry=${b%%,*}
+      flags=""
+      [ "$entry" != "$b" ] && flags=${b#*,} && flags=${flags//,/ }
+      bin=${entry%@*}
       be=$backend
-      [ "$bin" != "$b" ] && be=${b##*@}
+      [ "$bin" != "$entry" ] && be=${entry##*@}
       # shellcheck disable=SC2086
-      $pin "$bin" bench --backend "$be" --qd "$qd" $dsync_flag --runtime "${runtime}s" --json "$file" 2>/dev/null |
+      $pin "$bin" bench --backend "$be" --qd "$qd" $dsync_flag --runtime "${runtime}s" --json $flags "$file" 2>/dev/null |
         python3 -c "import json,sys; d=json.loads(sys.stdin.readline()); print(sys.argv[1], round(d['iops']), d['lat_us_p50'], round((d['cpu_usr_s']+d['cpu_sys_s'])*1e6/d['ops'],2))" "$b"
     fi
   done
