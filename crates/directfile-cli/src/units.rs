@@ -45,6 +45,19 @@ pub fn parse_nonzero_size(text: &str) -> Result<u64, String> {
 
 /// Parses a duration like `5`, `5s`, `500ms`, `2m`, `1.5s` (a bare number is seconds).
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    match parse_seconds(text)? {
+        seconds if seconds > 0.0 => Ok(Duration::from_secs_f64(seconds)),
+        _ => Err(format!("'{text}' must be a positive duration")),
+    }
+}
+
+/// A spin budget: a duration as for [`parse_duration`], or zero (`0`, `0us`: no spinning).
+pub fn parse_spin(text: &str) -> Result<Duration, String> {
+    parse_seconds(text).map(Duration::from_secs_f64)
+}
+
+/// A number of seconds, at least 0 and below 1e9, from a number and an optional unit.
+fn parse_seconds(text: &str) -> Result<f64, String> {
     let trimmed = text.trim();
     let number_end = trimmed
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -65,22 +78,10 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !(seconds > 0.0 && seconds < 1e9) {
-        return Err(format!("'{text}' must be a positive duration"));
+    if !(0.0..1e9).contains(&seconds) {
+        return Err(format!("'{text}' is out of range (up to 1e9 s)"));
     }
-    Ok(Duration::from_secs_f64(seconds))
-}
-
-/// A spin budget: a duration as for [`parse_duration`], or zero (`0`, `0us`: no spinning).
-pub fn parse_spin(text: &str) -> Result<Duration, String> {
-    let trimmed = text.trim();
-    let unit = trimmed.trim_start_matches(|c: char| c.is_ascii_digit() || c == '.');
-    let number = &trimmed[..trimmed.len() - unit.len()];
-    // Zero with a unit parse_duration knows (checked on a one of that unit).
-    if number.parse::<f64>() == Ok(0.0) && parse_duration(&format!("1{unit}")).is_ok() {
-        return Ok(Duration::ZERO);
-    }
-    parse_duration(trimmed)
+    Ok(seconds)
 }
 
 /// Prints bytes with a binary unit: `4 KiB`, `256 MiB`, `1.5 GiB`.
